@@ -1,0 +1,3 @@
+from xtm_composer.cli import main
+
+raise SystemExit(main())

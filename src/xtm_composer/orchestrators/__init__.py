@@ -1,0 +1,1 @@
+"""Orchestrator adapters. Each adapter imports only `base`, `naming` and its SDK."""

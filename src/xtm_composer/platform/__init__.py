@@ -1,0 +1,1 @@
+"""Clients of the platforms' manager APIs. Knows nothing of orchestrators."""
