@@ -1,0 +1,148 @@
+"""The agent process: wire settings, platform client, orchestrator and loops."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from xtm_composer import crypto, logs
+from xtm_composer.alive import AliveLoop, wait_or_stop
+from xtm_composer.backoff import Backoff
+from xtm_composer.orchestrators.base import Orchestrator, OrchestratorError
+from xtm_composer.orchestrators.factory import build_orchestrator
+from xtm_composer.platform.opencti import OpenCTIClient
+from xtm_composer.reconciler import Reconciler
+from xtm_composer.settings import ConfigurationError, PlatformSettings, Settings
+
+log = logs.get_logger(__name__)
+
+
+def register_settings_secrets(settings: Settings) -> None:
+    """Make every secret of the configuration unloggable."""
+    for platform in (settings.opencti, settings.openaev):
+        logs.register_secret(platform.token.get_secret_value())
+        for proxy in (platform.http_proxy, platform.https_proxy):
+            if proxy is not None:
+                logs.register_secret(proxy.get_secret_value())
+        registry = platform.daemon.registry
+        if registry is not None and registry.password is not None:
+            logs.register_secret(registry.password.get_secret_value())
+
+
+def load_key(settings: Settings) -> rsa.RSAPrivateKey:
+    manager = settings.manager
+    if manager.credentials_key_filepath is not None and manager.credentials_key:
+        log.warning(
+            "Both manager.credentials_key and manager.credentials_key_filepath are "
+            "set; using the file",
+            path=str(manager.credentials_key_filepath),
+        )
+    inline = manager.credentials_key.get_secret_value() if manager.credentials_key else None
+    return crypto.load_manager_key(inline, manager.credentials_key_filepath)
+
+
+def enabled_platform(settings: Settings) -> PlatformSettings:
+    if settings.openaev.enable:
+        raise ConfigurationError(
+            "openaev.enable is true, but this version manages OpenCTI connectors "
+            "only; set openaev.enable to false"
+        )
+    if not settings.opencti.enable:
+        raise ConfigurationError(
+            "opencti.enable is false, so there is nothing to manage; set "
+            "opencti.enable to true (or OPENCTI__ENABLE=true)"
+        )
+    if not settings.opencti.token.get_secret_value():
+        raise ConfigurationError(
+            "opencti.token is empty; set it to the token of an OpenCTI user allowed "
+            "to manage connectors (OPENCTI__TOKEN)"
+        )
+    return settings.opencti
+
+
+async def prepare_orchestrator(orchestrator: Orchestrator, stopping: asyncio.Event) -> bool:
+    """Run the orchestrator's start-up work, retrying while the engine is down."""
+    backoff = Backoff(initial_delay=1, max_delay=60)
+    while not stopping.is_set():
+        try:
+            await asyncio.to_thread(orchestrator.prepare)
+            return True
+        except OrchestratorError as error:
+            delay = backoff.next_delay()
+            log.error(
+                "Orchestrator not ready, will retry",
+                orchestrator=orchestrator.name,
+                error=str(error),
+                attempt=backoff.attempt,
+                retry_in_seconds=round(delay, 1),
+            )
+            await wait_or_stop(stopping, delay)
+    return False
+
+
+async def run_agent(settings: Settings, stopping: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM or SIGINT (or until `stopping` is set)."""
+    platform_settings = enabled_platform(settings)
+    register_settings_secrets(settings)
+    manager_key = load_key(settings)
+    stopping = stopping or asyncio.Event()
+    install_signal_handlers(stopping)
+
+    orchestrator = build_orchestrator(settings.manager, platform_settings, "opencti")
+    client = OpenCTIClient(platform_settings, settings.manager)
+    log.info(
+        "Agent starting",
+        manager_id=settings.manager.id,
+        platform="opencti",
+        url=platform_settings.url,
+        orchestrator=orchestrator.name,
+    )
+    try:
+        if not await prepare_orchestrator(orchestrator, stopping):
+            return
+        alive = AliveLoop(
+            client,
+            crypto.public_key_pem(manager_key),
+            settings.manager.ping_alive_schedule,
+            "opencti",
+        )
+        alive_task = asyncio.create_task(alive.run(stopping), name="alive-opencti")
+        await wait_first(alive.registered, stopping)
+        if not stopping.is_set():
+            reconciler = Reconciler(
+                client, orchestrator, settings.manager, platform_settings, manager_key
+            )
+            await reconciler.run(stopping)
+        await alive_task
+    finally:
+        await client.aclose()
+        orchestrator.close()
+        log.info("Agent stopped", manager_id=settings.manager.id)
+
+
+async def wait_first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+def install_signal_handlers(stopping: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+
+    def request_stop(signal_name: str) -> None:
+        if not stopping.is_set():
+            log.info("Stop requested, finishing in-flight operations", signal=signal_name)
+        stopping.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(signum, request_stop, signum.name)
+        except (NotImplementedError, RuntimeError):
+            # Not the main thread (tests run the agent in a thread): the caller
+            # stops the agent through `stopping` instead.
+            pass

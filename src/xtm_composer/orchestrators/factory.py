@@ -1,0 +1,47 @@
+"""Build the orchestrator that `daemon.selector` names.
+
+Adapters are imported here only, and lazily, so an agent that runs on Docker
+never loads the Kubernetes client, and adapters never import each other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from xtm_composer.orchestrators.base import Orchestrator
+from xtm_composer.settings import ManagerSettings, PlatformSettings
+from xtm_composer.settings import Orchestrator as Selector
+
+
+class UnsupportedOrchestratorError(Exception):
+    """The configured orchestrator is not available in this version."""
+
+
+def build_docker(
+    manager: ManagerSettings, settings: PlatformSettings, platform: str
+) -> Orchestrator:
+    from xtm_composer.orchestrators.docker import DockerOrchestrator
+
+    return DockerOrchestrator(
+        settings.daemon.docker, settings.daemon.registry, manager.id, platform
+    )
+
+
+Builder = Callable[[ManagerSettings, PlatformSettings, str], Orchestrator]
+BUILDERS: dict[Selector, Builder] = {
+    Selector.DOCKER: build_docker,
+}
+
+
+def build_orchestrator(
+    manager: ManagerSettings, settings: PlatformSettings, platform: str
+) -> Orchestrator:
+    selector = settings.daemon.selector
+    builder = BUILDERS.get(selector)
+    if builder is None:
+        available = ", ".join(sorted(s.value for s in BUILDERS))
+        raise UnsupportedOrchestratorError(
+            f"{platform}.daemon.selector = {selector.value!r} is not available in "
+            f"this version; use one of: {available}"
+        )
+    return builder(manager, settings, platform)
