@@ -38,6 +38,8 @@ def load_settings(
     for path in (config_dir / "default.yaml", config_dir / f"{composer_env}.yaml"):
         deep_merge(merged, read_yaml(path))
     deep_merge(merged, read_environment(environ))
+    # An absent manager section is reported as its missing keys, not as a whole.
+    merged.setdefault("manager", {})
 
     try:
         return Settings.model_validate(merged)
