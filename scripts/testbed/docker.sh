@@ -20,7 +20,7 @@ RUNTIME_NAME=runc-oom-wrapper
 RUNTIME_PATH="$TESTBED_DOCKER_DIR/runc-oom-wrapper"
 
 docker_running() {
-    pidfile_alive "$PIDFILE" dockerd
+    pidfile_alive "$PIDFILE" "$TESTBED_DOCKER_HOST"
 }
 
 check_socket_path_lengths() {
@@ -33,7 +33,7 @@ check_socket_path_lengths() {
 }
 
 start_docker() {
-    ensure_packages docker.io busybox-static python3
+    ensure_packages "${TESTBED_PACKAGES[@]}"
 
     if docker_running; then
         log "dockerd already running (pid $(pidfile_pid "$PIDFILE")), socket $TESTBED_DOCKER_SOCKET"
@@ -73,7 +73,7 @@ start_docker() {
             </dev/null >>"$LOGFILE" 2>&1 9>&-
     fi
 
-    if ! wait_for 60 "dockerd to answer on $TESTBED_DOCKER_SOCKET" testbed_docker info; then
+    if ! wait_for 60 "dockerd to respond on $TESTBED_DOCKER_SOCKET" testbed_docker info; then
         tail -n 20 "$LOGFILE" >&2 || true
         die "dockerd did not start: see $LOGFILE"
     fi
@@ -82,7 +82,21 @@ start_docker() {
 
 stop_docker() {
     # dockerd stops its containers (up to their stop timeout) and its containerd before exiting.
-    stop_pidfile "$PIDFILE" dockerd dockerd 90 as_root
+    stop_pidfile "$PIDFILE" "$TESTBED_DOCKER_HOST" dockerd 90 as_root
+    unmount_exec_root
+}
+
+# Unmount what dockerd leaves mounted under its exec root after it exits, such as the network
+# namespace of swarm's ingress sandbox, so that the testbed directory can be deleted.
+unmount_exec_root() {
+    local mount_point
+    # Field 5 of mountinfo is the mount point. Deeper mounts come last, so unmount in reverse.
+    awk -v prefix="$EXEC_ROOT/" 'index($5, prefix) == 1 { print $5 }' /proc/self/mountinfo |
+        sort -r |
+        while read -r mount_point; do
+            log "unmounting $mount_point"
+            as_root umount "$mount_point"
+        done
 }
 
 print_status() {

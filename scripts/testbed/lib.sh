@@ -25,6 +25,10 @@ TESTBED_REGISTRY_PASSWORD_FILE="$TESTBED_REGISTRY_DIR/password"
 TESTBED_AUTH_REGISTRY=127.0.0.1:5000
 TESTBED_OPEN_REGISTRY=127.0.0.1:5001
 
+# Debian packages that the whole testbed needs. docker.sh installs them in one apt-get run, and
+# each script also checks those it uses itself.
+TESTBED_PACKAGES=(docker.io busybox-static docker-registry apache2-utils curl python3)
+
 log() {
     printf '%s testbed: %s\n' "$(date +%H:%M:%S)" "$*" >&2
 }
@@ -90,6 +94,16 @@ pidfile_alive() {
     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$pattern"
 }
 
+# Succeed while process PID exists and has not exited. An exited daemon can stay a zombie for a
+# while, because its parent is init.
+process_running() {
+    local stat
+    stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+    # The state letter follows the command name, which is in parentheses and may contain spaces.
+    stat="${stat##*) }"
+    [ "${stat%% *}" != Z ]
+}
+
 # Print the pid stored in PIDFILE.
 pidfile_pid() {
     tr -dc '0-9' <"$1"
@@ -107,7 +121,7 @@ stop_pidfile() {
     pid="$(pidfile_pid "$pidfile")"
     log "stopping $name (pid $pid)"
     $runner kill -TERM "$pid"
-    if ! wait_for "$timeout" "$name (pid $pid) to exit" test ! -e "/proc/$pid"; then
+    if ! wait_for "$timeout" "$name (pid $pid) to exit" not process_running "$pid"; then
         die "$name (pid $pid) is still running after SIGTERM: inspect it, then kill it by pid"
     fi
 }
@@ -121,6 +135,11 @@ spawn_daemon() {
     # shellcheck disable=SC2016 # $$ and $@ belong to the inner shell.
     setsid --fork sh -c 'echo $$ >"$0"; exec "$@"' "$pidfile" "$@" \
         </dev/null >>"$logfile" 2>&1 9>&-
+}
+
+# Run COMMAND and invert its exit status, for use with wait_for.
+not() {
+    ! "$@"
 }
 
 # Succeed when something accepts TCP connections on 127.0.0.1:PORT.
