@@ -145,8 +145,14 @@ pushed_images_current() {
 login_registry() {
     mkdir -p "$TESTBED_DOCKER_CONFIG"
     chmod 0700 "$TESTBED_DOCKER_CONFIG"
-    registry_password | testbed_docker login --username "$TESTBED_REGISTRY_USERNAME" \
-        --password-stdin "$TESTBED_AUTH_REGISTRY" >&2
+    local output
+    # The client warns on every login that config.json stores the password unencrypted, which is
+    # expected here, so its output is shown only when the login fails.
+    if ! output="$(registry_password | testbed_docker login --username "$TESTBED_REGISTRY_USERNAME" \
+        --password-stdin "$TESTBED_AUTH_REGISTRY" 2>&1)"; then
+        printf '%s\n' "$output" >&2
+        die "docker login to $TESTBED_AUTH_REGISTRY as $TESTBED_REGISTRY_USERNAME failed: see $TESTBED_REGISTRY_DIR/auth/registry.log"
+    fi
 }
 
 push_images() {
@@ -156,7 +162,7 @@ push_images() {
         reference="${entry%% *}"
         log "pushing $reference"
         import_image "$reference" "${entry#* }" "$stamp"
-        testbed_docker push "$reference" >&2
+        testbed_docker push --quiet "$reference" >/dev/null
     done
     printf '%s\n' "$stamp" >"$STAMP_FILE"
 }
