@@ -28,6 +28,10 @@ gwbridge_exists() {
 
 start_swarm() {
     require_testbed_docker
+    # After a dockerd restart the node rejoins its swarm in the background.
+    if [ "$(swarm_state)" = pending ]; then
+        wait_for 30 "the swarm node to rejoin" swarm_active || true
+    fi
     if swarm_active; then
         log "swarm already active"
         return 0
@@ -64,6 +68,18 @@ stop_swarm() {
         if ! wait_for 30 "docker_gwbridge removal" testbed_docker network rm docker_gwbridge; then
             die "failed to remove docker_gwbridge: list its containers with 'docker network inspect docker_gwbridge'"
         fi
+    fi
+    delete_gwbridge_link
+}
+
+# Delete the docker_gwbridge interface when it still carries the testbed subnet. dockerd deletes
+# a bridge on `network rm` only if it created the interface itself, and it reuses one left from
+# an earlier run. An interface in another subnet belongs to some other dockerd and stays.
+delete_gwbridge_link() {
+    command -v ip >/dev/null 2>&1 || return 0
+    if ip -o -4 address show dev docker_gwbridge 2>/dev/null | grep -qF " ${GWBRIDGE_SUBNET%.0/24}.1/24 "; then
+        log "deleting the docker_gwbridge interface"
+        as_root ip link delete docker_gwbridge
     fi
 }
 
