@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Run the whole test suite against real engines.
+#
+# Starts (or reuses) the testbed: dockerd, the two registries, the test images,
+# a one-node swarm and a one-node Kubernetes cluster, all on loopback. Then runs
+# pytest with any arguments given, e.g. `scripts/test.sh tests/unit -q`.
+set -euo pipefail
+cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
+
+scripts/testbed/up.sh
+if [[ "${XTM_SKIP_KUBERNETES:-0}" != 1 ]]; then
+    scripts/testbed/kubernetes.sh up
+fi
+
+status=0
+python -m pytest "$@" || status=$?
+if [[ $status -eq 5 ]]; then
+    echo "pytest collected no tests: treating the run as failed" >&2
+    exit 1
+fi
+exit "$status"
