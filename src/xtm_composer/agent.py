@@ -7,7 +7,7 @@ import signal
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from xtm_composer import crypto, logs
+from xtm_composer import crypto, logs, proxy
 from xtm_composer.alive import AliveLoop, wait_or_stop
 from xtm_composer.backoff import Backoff
 from xtm_composer.orchestrators.base import Orchestrator, OrchestratorError
@@ -90,8 +90,9 @@ async def run_agent(settings: Settings, stopping: asyncio.Event | None = None) -
     stopping = stopping or asyncio.Event()
     install_signal_handlers(stopping)
 
+    proxy_config = proxy.resolve_proxy(platform_settings)
     orchestrator = build_orchestrator(settings.manager, platform_settings, "opencti")
-    client = OpenCTIClient(platform_settings, settings.manager)
+    client = OpenCTIClient(platform_settings, settings.manager, proxy_config)
     log.info(
         "Agent starting",
         manager_id=settings.manager.id,
@@ -112,7 +113,12 @@ async def run_agent(settings: Settings, stopping: asyncio.Event | None = None) -
         await wait_first(alive.registered, stopping)
         if not stopping.is_set():
             reconciler = Reconciler(
-                client, orchestrator, settings.manager, platform_settings, manager_key
+                client,
+                orchestrator,
+                settings.manager,
+                platform_settings,
+                manager_key,
+                proxy_config=proxy_config,
             )
             await reconciler.run(stopping)
         await alive_task

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from xtm_composer import logs, registry
+from xtm_composer import logs, proxy, registry
 from xtm_composer.backoff import Backoff
 from xtm_composer.contract import (
     ContractValueError,
@@ -41,6 +41,7 @@ from xtm_composer.orchestrators.base import (
     WorkloadStatus,
 )
 from xtm_composer.platform.errors import PlatformError
+from xtm_composer.proxy import ProxyConfig
 from xtm_composer.settings import ManagerSettings, PlatformSettings
 
 log = logs.get_logger(__name__)
@@ -83,7 +84,10 @@ class Reconciler:
         platform_settings: PlatformSettings,
         manager_key: rsa.RSAPrivateKey,
         clock: Callable[[], float] = time.monotonic,
+        proxy_config: ProxyConfig | None = None,
     ) -> None:
+        self._proxy = proxy_config or ProxyConfig()
+        self._proxy_fingerprint = proxy.fingerprint(self._proxy)
         self._api = api
         self._orchestrator = orchestrator
         self._manager = manager
@@ -207,7 +211,8 @@ class Reconciler:
         desired_name = naming.workload_name(connector.name, connector.id)
         needs_deploy = workload is None
         needs_redeploy = workload is not None and (
-            workload.contract_hash != connector.contract_hash or workload.name != desired_name
+            workload.contract_hash != self.deployment_hash(connector)
+            or workload.name != desired_name
         )
         if needs_deploy or needs_redeploy:
             workload = await self._apply_contract(connector, workload, track)
@@ -283,8 +288,16 @@ class Reconciler:
             )
         return workload
 
+    def deployment_hash(self, connector: ManagedConnector) -> str:
+        """Return the contract hash, extended by the proxy settings when set."""
+        if not self._proxy_fingerprint:
+            return connector.contract_hash
+        return f"{connector.contract_hash}-{self._proxy_fingerprint}"
+
     def build_spec(self, connector: ManagedConnector) -> WorkloadSpec:
-        environment = build_environment(connector, self._manager_key)
+        # The connector's own contract wins over the agent-wide proxy variables.
+        environment = proxy.connector_environment(self._proxy)
+        environment.update(build_environment(connector, self._manager_key))
         encrypted_keys = {entry.key for entry in connector.configuration if entry.encrypted}
         for key in encrypted_keys:
             logs.register_secret(environment.get(key))
@@ -296,10 +309,11 @@ class Reconciler:
             image=image,
             environment=environment,
             labels=naming.workload_labels(
-                self._manager.id, self.platform, connector.id, connector.contract_hash
+                self._manager.id, self.platform, connector.id, self.deployment_hash(connector)
             ),
-            contract_hash=connector.contract_hash,
+            contract_hash=self.deployment_hash(connector),
             running=connector.wants_running,
+            ca_bundle=self._proxy.ca_bundle,
         )
 
     def _log_environment(

@@ -18,6 +18,7 @@ MANAGER_LABEL = "opencti-manager"
 CONNECTOR_ID_LABEL = "opencti-connector-id"
 PLATFORM_LABEL = "opencti-platform"
 CONTRACT_HASH_KEY = "opencti-contract-hash"
+CA_BUNDLE_PATH = "/etc/ssl/certs/xtm-proxy-ca.crt"
 
 
 class WorkloadStatus(StrEnum):
@@ -51,7 +52,10 @@ class WorkloadSpec:
     environment: dict[str, str] = field(repr=False)
     labels: dict[str, str]
     contract_hash: str
+    """Deployment hash: the platform's contract hash, plus the proxy settings'."""
     running: bool
+    ca_bundle: str = field(default="", repr=False)
+    """PEM certificates the container must find at `CA_BUNDLE_PATH`, if any."""
 
 
 class OrchestratorError(Exception):

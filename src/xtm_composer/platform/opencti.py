@@ -22,6 +22,7 @@ from xtm_composer.platform.errors import (
     PlatformUnavailableError,
     shorten,
 )
+from xtm_composer.proxy import ProxyConfig
 from xtm_composer.settings import ManagerSettings, PlatformSettings
 
 log = logs.get_logger(__name__)
@@ -36,11 +37,12 @@ class OpenCTIClient:
         self,
         settings: PlatformSettings,
         manager: ManagerSettings,
+        proxy: ProxyConfig | None = None,
         http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._manager = manager
         self._endpoint = f"{settings.url}/graphql"
-        self._http = transport.build_client(settings, http_transport)
+        self._http = transport.build_client(settings, proxy, http_transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()
