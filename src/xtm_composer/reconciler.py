@@ -148,6 +148,11 @@ class Reconciler:
             if connector_id not in desired_ids:
                 self._launch(connector_id, self.remove_orphan(workload))
         self._forget_tracks(desired_ids)
+        log.debug(
+            "Reconciliation cycle finished",
+            connectors=len(connectors),
+            workloads=len(workloads),
+        )
         return True
 
     def _launch(self, connector_id: str, operation: Any) -> None:
