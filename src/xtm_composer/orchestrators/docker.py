@@ -1,0 +1,414 @@
+"""Connector workloads as containers of one Docker Engine.
+
+Each connector runs in one container named by `naming.workload_name` and carrying
+the labels of `naming.workload_labels`. The labels are given at creation, in the
+same API call, so an interrupted deploy can leave a stopped container behind but
+never an unlabelled one. A container is touched only after its inspect data
+shows this manager, this platform and the expected connector id.
+
+Restart policy: `DockerSettings.restart_policy`, `unless-stopped` by default. The
+engine then restarts a crashed connector by itself and counts the restarts,
+which the health report needs, while `stop` keeps a container stopped across
+engine restarts. With `no` the restart count stays 0 and crash loops are not
+detected. How a reboot loop and a restarting container are reported is
+described in `docker_state`.
+
+Images are pulled at every deploy and redeploy, also when the engine already
+has them: a cached image must not let a deploy bypass the registry's access
+control, and a moved tag is followed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
+from typing import Any
+
+import docker
+import docker.errors
+import docker.types
+import requests
+
+from xtm_composer.logs import get_logger
+from xtm_composer.orchestrators import docker_options, docker_pull, docker_state
+from xtm_composer.orchestrators.base import (
+    CONNECTOR_ID_LABEL,
+    MANAGER_LABEL,
+    PLATFORM_LABEL,
+    EngineUnavailableError,
+    OrchestratorError,
+    Workload,
+    WorkloadSpec,
+)
+from xtm_composer.orchestrators.naming import selector_labels, workload_labels
+from xtm_composer.settings import DockerSettings, RegistrySettings
+
+logger = get_logger(__name__)
+
+STOP_TIMEOUT = 10
+"""Seconds a connector gets to exit after SIGTERM before the engine kills it."""
+
+DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
+MAX_DETAIL_LENGTH = 300
+MASK = "***"
+MIN_MASKED_LENGTH = 4
+
+
+class DockerOrchestrator:
+    """Runs connector containers on the Docker Engine at `docker_host`.
+
+    Without `docker_host` the client is configured as `docker.from_env()` does,
+    from `DOCKER_HOST`, `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        settings: DockerSettings,
+        registry: RegistrySettings | None,
+        manager_id: str,
+        platform: str,
+        docker_host: str | None = None,
+    ) -> None:
+        if not manager_id or not platform:
+            raise ValueError("manager_id and platform must not be empty")
+        self.settings = settings
+        self.registry = registry
+        self.manager_id = manager_id
+        self.platform = platform
+        self.docker_host = docker_host
+        # Raises HostOptionError now rather than at the first deploy.
+        self.host_options = docker_options.host_config_options(settings)
+        self._client: docker.DockerClient | None = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def engine_address(self) -> str:
+        """The engine socket or URL, for messages."""
+        return self.docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+
+    def prepare(self) -> None:
+        """Connect to the engine and check that it responds and accepts the options."""
+        with self._engine_errors("ping the engine"):
+            self._api.ping()
+        try:
+            docker.types.HostConfig(self._api.api_version, **self.host_options)
+        except (docker.errors.DockerException, ValueError) as error:
+            raise OrchestratorError(f"invalid Docker host option: {error}") from error
+
+        ignored = sorted(self.settings.model_extra or {})
+        if ignored:
+            logger.warning(
+                "Ignoring unknown Docker settings", orchestrator=self.name, keys=ignored
+            )
+        logger.info(
+            "Connected to the Docker Engine",
+            orchestrator=self.name,
+            docker_host=self.engine_address,
+            api_version=self._api.api_version,
+        )
+
+    def list_workloads(self) -> list[Workload]:
+        """List this manager's containers on this platform, stopped ones included."""
+        label_filters = [
+            f"{key}={value}"
+            for key, value in selector_labels(self.manager_id, self.platform).items()
+        ]
+        with self._engine_errors("list containers"):
+            summaries = self._api.containers(all=True, filters={"label": label_filters})
+            # The list call has neither restart counts nor start times.
+            details = [self._inspect_or_none(summary["Id"]) for summary in summaries]
+
+        now = datetime.now(UTC)
+        workloads = []
+        for data in details:
+            if data is None:
+                continue
+            workload = docker_state.workload_from_inspect(data, now)
+            if workload is None:
+                # The orchestrator sets all labels at once, so someone else
+                # labelled this container. It is logged at debug level because
+                # it would otherwise be logged at every cycle.
+                logger.debug(
+                    "Skipping a labelled container without a connector id",
+                    orchestrator=self.name,
+                    container=data.get("Name", "").lstrip("/"),
+                )
+                continue
+            workloads.append(workload)
+        return workloads
+
+    def deploy(self, spec: WorkloadSpec) -> Workload:
+        """Pull the image, then create the container and start it if requested."""
+        logger.info(
+            "Deploying connector",
+            orchestrator=self.name,
+            connector_id=spec.connector_id,
+            container=spec.name,
+            image=spec.image.reference,
+        )
+        self._pull(spec)
+        return self._create_and_start(spec)
+
+    def redeploy(self, spec: WorkloadSpec, current: Workload) -> Workload:
+        """Replace `current`. A failed pull leaves it running."""
+        if spec.connector_id != current.connector_id:
+            raise OrchestratorError(
+                f"cannot redeploy container {current.name} of connector "
+                f"{current.connector_id} for connector {spec.connector_id}"
+            )
+        logger.info(
+            "Redeploying connector",
+            orchestrator=self.name,
+            connector_id=spec.connector_id,
+            container=current.name,
+            image=spec.image.reference,
+        )
+        self._pull(spec)
+        self.remove(current)
+        return self._create_and_start(spec)
+
+    def start(self, workload: Workload) -> None:
+        data = self._owned_container(workload)
+        with self._engine_errors(f"start container {workload.name}"):
+            self._api.start(data["Id"])
+        logger.info("Started connector", **self._fields(workload))
+
+    def stop(self, workload: Workload) -> None:
+        data = self._owned_container(workload)
+        with self._engine_errors(f"stop container {workload.name}"):
+            self._api.stop(data["Id"], timeout=STOP_TIMEOUT)
+        logger.info("Stopped connector", **self._fields(workload))
+
+    def remove(self, workload: Workload) -> None:
+        """Remove the container and its anonymous volumes, unless it is already gone."""
+        data = self._find_owned(workload)
+        if data is None:
+            logger.info("Connector container already removed", **self._fields(workload))
+            return
+        self._remove_container(data["Id"], workload.name)
+        logger.info("Removed connector", **self._fields(workload))
+
+    def logs(
+        self, workload: Workload, max_lines: int, *, timestamps: bool = False
+    ) -> list[str]:
+        """Return the last `max_lines` lines of stdout and stderr, oldest first."""
+        if max_lines <= 0:
+            return []
+        data = self._owned_container(workload)
+        with self._engine_errors(f"read the logs of container {workload.name}"):
+            raw = self._api.logs(
+                data["Id"],
+                stdout=True,
+                stderr=True,
+                tail=max_lines,
+                timestamps=timestamps,
+            )
+        return split_log_lines(raw)[-max_lines:]
+
+    def close(self) -> None:
+        with self._client_lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
+
+    @property
+    def _api(self) -> docker.APIClient:
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._connect()
+            return self._client.api
+
+    def _connect(self) -> docker.DockerClient:
+        try:
+            if self.docker_host is None:
+                return docker.from_env(version="auto")
+            return docker.DockerClient(base_url=self.docker_host, version="auto")
+        except docker.errors.DockerException as error:
+            raise EngineUnavailableError(self._unreachable_message(error)) from error
+
+    def _unreachable_message(self, error: Exception) -> str:
+        return (
+            f"failed to connect to the Docker Engine at {self.engine_address}: "
+            f"{error}. "
+            "Check that dockerd is running, that this address is its socket "
+            "(DOCKER_HOST) and that this user may open it"
+        )
+
+    @contextmanager
+    def _engine_errors(
+        self, action: str, secrets: tuple[str, ...] = ()
+    ) -> Iterator[None]:
+        """Translate SDK and transport errors into orchestrator errors."""
+        try:
+            yield
+        except (requests.ConnectionError, requests.Timeout) as error:
+            raise EngineUnavailableError(self._unreachable_message(error)) from error
+        except docker.errors.APIError as error:
+            detail = mask_values(str(error.explanation or error), secrets)
+            raise OrchestratorError(f"failed to {action}: {detail}") from error
+
+    def _pull(self, spec: WorkloadSpec) -> None:
+        docker_pull.pull_image(self._api, spec.image, self.registry)
+        logger.info(
+            "Pulled image",
+            orchestrator=self.name,
+            connector_id=spec.connector_id,
+            image=spec.image.reference,
+            with_credentials=spec.image.send_credentials,
+        )
+
+    def _create_and_start(self, spec: WorkloadSpec) -> Workload:
+        self._release_name(spec)
+        container_id = self._create(spec)
+        if spec.running:
+            # A start failure leaves the labelled container for a later cycle.
+            with self._engine_errors(f"start the new container {spec.name}"):
+                self._api.start(container_id)
+
+        with self._engine_errors(f"inspect the new container {spec.name}"):
+            data = self._api.inspect_container(container_id)
+        workload = docker_state.workload_from_inspect(data, datetime.now(UTC))
+        if workload is None:
+            raise OrchestratorError(f"container {spec.name} lost its labels")
+        logger.info(
+            "Deployed connector",
+            orchestrator=self.name,
+            connector_id=spec.connector_id,
+            container=spec.name,
+            status=workload.status.value,
+        )
+        return workload
+
+    def _create(self, spec: WorkloadSpec) -> str:
+        labels = {
+            **spec.labels,
+            **workload_labels(
+                self.manager_id, self.platform, spec.connector_id, spec.contract_hash
+            ),
+        }
+        secrets = tuple(spec.environment.values())
+        with self._engine_errors(f"create container {spec.name}", secrets):
+            host_config = self._api.create_host_config(**self.host_options)
+            try:
+                created = self._api.create_container(
+                    image=spec.image.reference,
+                    name=spec.name,
+                    environment=spec.environment,
+                    labels=labels,
+                    host_config=host_config,
+                    detach=True,
+                )
+            except docker.errors.APIError as error:
+                if error.status_code != requests.codes.conflict:
+                    raise
+                raise OrchestratorError(
+                    f"cannot create container {spec.name}: another container took "
+                    "the name meanwhile; a later cycle will retry"
+                ) from error
+        return str(created["Id"])
+
+    def _release_name(self, spec: WorkloadSpec) -> None:
+        """Remove a leftover container of the same connector named `spec.name`."""
+        with self._engine_errors(f"inspect container {spec.name}"):
+            data = self._inspect_or_none(spec.name)
+        if data is None:
+            return
+        labels = data.get("Config", {}).get("Labels") or {}
+        if not self._owns(labels, spec.connector_id):
+            raise OrchestratorError(
+                f"the container name {spec.name} is taken by a container that "
+                f"does not belong to connector {spec.connector_id} "
+                f"({describe_owner(labels)}); it was left untouched: rename or "
+                "remove that container"
+            )
+        logger.warning(
+            "Replacing a leftover container of the connector",
+            orchestrator=self.name,
+            connector_id=spec.connector_id,
+            container=spec.name,
+        )
+        self._remove_container(data["Id"], spec.name)
+
+    def _owned_container(self, workload: Workload) -> dict[str, Any]:
+        data = self._find_owned(workload)
+        if data is None:
+            raise OrchestratorError(
+                f"container {workload.name} of connector {workload.connector_id} "
+                "was not found"
+            )
+        return data
+
+    def _find_owned(self, workload: Workload) -> dict[str, Any] | None:
+        """Inspect the workload's container and check that it is the connector's."""
+        with self._engine_errors(f"inspect container {workload.name}"):
+            data = self._inspect_or_none(workload.name)
+        if data is None:
+            return None
+        labels = data.get("Config", {}).get("Labels") or {}
+        if not self._owns(labels, workload.connector_id):
+            raise OrchestratorError(
+                f"container {workload.name} does not belong to connector "
+                f"{workload.connector_id} ({describe_owner(labels)}); "
+                "it was left untouched"
+            )
+        return data
+
+    def _owns(self, labels: dict[str, str], connector_id: str) -> bool:
+        return (
+            labels.get(MANAGER_LABEL) == self.manager_id
+            and labels.get(PLATFORM_LABEL) == self.platform
+            and labels.get(CONNECTOR_ID_LABEL) == connector_id
+        )
+
+    def _inspect_or_none(self, name_or_id: str) -> dict[str, Any] | None:
+        """Inspect a container, or return None when it does not exist."""
+        try:
+            data: dict[str, Any] = self._api.inspect_container(name_or_id)
+        except docker.errors.NotFound:
+            return None
+        return data
+
+    def _remove_container(self, container_id: str, name: str) -> None:
+        action = f"remove container {name}"
+        with self._engine_errors(action), suppress(docker.errors.NotFound):
+            self._api.remove_container(container_id, v=True, force=True)
+
+    def _fields(self, workload: Workload) -> dict[str, str]:
+        return {
+            "orchestrator": self.name,
+            "connector_id": workload.connector_id,
+            "container": workload.name,
+        }
+
+
+def describe_owner(labels: dict[str, str]) -> str:
+    """Name the manager, platform and connector a container's labels point to."""
+    if CONNECTOR_ID_LABEL not in labels:
+        return "it has no connector id label"
+    return (
+        f"labels: connector id {labels.get(CONNECTOR_ID_LABEL)!r}, "
+        f"manager {labels.get(MANAGER_LABEL)!r}, "
+        f"platform {labels.get(PLATFORM_LABEL)!r}"
+    )
+
+
+def split_log_lines(raw: bytes) -> list[str]:
+    """Decode engine log output as UTF-8 and split it at newlines."""
+    text = raw.decode("utf-8", errors="replace")
+    lines = [line.removesuffix("\r") for line in text.split("\n")]
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def mask_values(text: str, values: tuple[str, ...]) -> str:
+    """Mask each of `values` in `text` and cut it short."""
+    for value in sorted(values, key=len, reverse=True):
+        if len(value) >= MIN_MASKED_LENGTH:
+            text = text.replace(value, MASK)
+    return text[:MAX_DETAIL_LENGTH]
