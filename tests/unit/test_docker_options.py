@@ -17,7 +17,8 @@ from xtm_composer.orchestrators.base import (
     RegistryAuthError,
     WorkloadStatus,
 )
-from xtm_composer.orchestrators.docker import mask_values, split_log_lines
+from xtm_composer.orchestrators.docker import split_log_lines
+from xtm_composer.orchestrators.docker_engine import mask_values
 from xtm_composer.registry import ResolvedImage
 from xtm_composer.settings import DockerSettings, RegistrySettings
 

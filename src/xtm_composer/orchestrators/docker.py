@@ -8,10 +8,10 @@ shows this manager, this platform and the expected connector id.
 
 Restart policy: `DockerSettings.restart_policy`, `unless-stopped` by default. The
 engine then restarts a crashed connector by itself and counts the restarts,
-which the health report needs, while `stop` keeps a container stopped across
-engine restarts. With `no` the restart count stays 0 and crash loops are not
-detected. How a reboot loop and a restarting container are reported is
-described in `docker_state`.
+which the health report needs, while a stopped container stays stopped when the
+engine restarts (`always` would start it again). With `no` the restart count
+stays 0 and crash loops are not detected. `docker_state` describes how a reboot
+loop and a restarting container are reported.
 
 Images are pulled at every deploy and redeploy, also when the engine already
 has them: a cached image must not let a deploy bypass the registry's access
@@ -20,10 +20,7 @@ control, and a moved tag is followed.
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,12 +30,16 @@ import docker.types
 import requests
 
 from xtm_composer.logs import get_logger
-from xtm_composer.orchestrators import docker_options, docker_pull, docker_state
+from xtm_composer.orchestrators import (
+    docker_engine,
+    docker_options,
+    docker_pull,
+    docker_state,
+)
 from xtm_composer.orchestrators.base import (
     CONNECTOR_ID_LABEL,
     MANAGER_LABEL,
     PLATFORM_LABEL,
-    EngineUnavailableError,
     OrchestratorError,
     Workload,
     WorkloadSpec,
@@ -51,17 +52,11 @@ logger = get_logger(__name__)
 STOP_TIMEOUT = 10
 """Seconds a connector gets to exit after SIGTERM before the engine kills it."""
 
-DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
-MAX_DETAIL_LENGTH = 300
-MASK = "***"
-MIN_MASKED_LENGTH = 4
-
 
 class DockerOrchestrator:
     """Runs connector containers on the Docker Engine at `docker_host`.
 
-    Without `docker_host` the client is configured as `docker.from_env()` does,
-    from `DOCKER_HOST`, `DOCKER_TLS_VERIFY` and `DOCKER_CERT_PATH`.
+    Without `docker_host` the engine is found as `docker.from_env()` finds it.
     """
 
     name = "docker"
@@ -83,20 +78,14 @@ class DockerOrchestrator:
         self.docker_host = docker_host
         # Raises HostOptionError now rather than at the first deploy.
         self.host_options = docker_options.host_config_options(settings)
-        self._client: docker.DockerClient | None = None
-        self._client_lock = threading.Lock()
-
-    @property
-    def engine_address(self) -> str:
-        """The engine socket or URL, for messages."""
-        return self.docker_host or os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+        self._engine = docker_engine.EngineConnection(docker_host)
 
     def prepare(self) -> None:
         """Connect to the engine and check that it responds and accepts the options."""
-        with self._engine_errors("ping the engine"):
-            self._api.ping()
+        with self._engine.errors("ping the engine"):
+            self._engine.api.ping()
         try:
-            docker.types.HostConfig(self._api.api_version, **self.host_options)
+            docker.types.HostConfig(self._engine.api.api_version, **self.host_options)
         except (docker.errors.DockerException, ValueError) as error:
             raise OrchestratorError(f"invalid Docker host option: {error}") from error
 
@@ -108,8 +97,8 @@ class DockerOrchestrator:
         logger.info(
             "Connected to the Docker Engine",
             orchestrator=self.name,
-            docker_host=self.engine_address,
-            api_version=self._api.api_version,
+            docker_host=self._engine.address,
+            api_version=self._engine.api.api_version,
         )
 
     def list_workloads(self) -> list[Workload]:
@@ -118,8 +107,10 @@ class DockerOrchestrator:
             f"{key}={value}"
             for key, value in selector_labels(self.manager_id, self.platform).items()
         ]
-        with self._engine_errors("list containers"):
-            summaries = self._api.containers(all=True, filters={"label": label_filters})
+        with self._engine.errors("list containers"):
+            summaries = self._engine.api.containers(
+                all=True, filters={"label": label_filters}
+            )
             # The list call has neither restart counts nor start times.
             details = [self._inspect_or_none(summary["Id"]) for summary in summaries]
 
@@ -174,14 +165,14 @@ class DockerOrchestrator:
 
     def start(self, workload: Workload) -> None:
         data = self._owned_container(workload)
-        with self._engine_errors(f"start container {workload.name}"):
-            self._api.start(data["Id"])
+        with self._engine.errors(f"start container {workload.name}"):
+            self._engine.api.start(data["Id"])
         logger.info("Started connector", **self._fields(workload))
 
     def stop(self, workload: Workload) -> None:
         data = self._owned_container(workload)
-        with self._engine_errors(f"stop container {workload.name}"):
-            self._api.stop(data["Id"], timeout=STOP_TIMEOUT)
+        with self._engine.errors(f"stop container {workload.name}"):
+            self._engine.api.stop(data["Id"], timeout=STOP_TIMEOUT)
         logger.info("Stopped connector", **self._fields(workload))
 
     def remove(self, workload: Workload) -> None:
@@ -200,8 +191,8 @@ class DockerOrchestrator:
         if max_lines <= 0:
             return []
         data = self._owned_container(workload)
-        with self._engine_errors(f"read the logs of container {workload.name}"):
-            raw = self._api.logs(
+        with self._engine.errors(f"read the logs of container {workload.name}"):
+            raw = self._engine.api.logs(
                 data["Id"],
                 stdout=True,
                 stderr=True,
@@ -211,49 +202,10 @@ class DockerOrchestrator:
         return split_log_lines(raw)[-max_lines:]
 
     def close(self) -> None:
-        with self._client_lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
-
-    @property
-    def _api(self) -> docker.APIClient:
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._connect()
-            return self._client.api
-
-    def _connect(self) -> docker.DockerClient:
-        try:
-            if self.docker_host is None:
-                return docker.from_env(version="auto")
-            return docker.DockerClient(base_url=self.docker_host, version="auto")
-        except docker.errors.DockerException as error:
-            raise EngineUnavailableError(self._unreachable_message(error)) from error
-
-    def _unreachable_message(self, error: Exception) -> str:
-        return (
-            f"failed to connect to the Docker Engine at {self.engine_address}: "
-            f"{error}. "
-            "Check that dockerd is running, that this address is its socket "
-            "(DOCKER_HOST) and that this user may open it"
-        )
-
-    @contextmanager
-    def _engine_errors(
-        self, action: str, secrets: tuple[str, ...] = ()
-    ) -> Iterator[None]:
-        """Translate SDK and transport errors into orchestrator errors."""
-        try:
-            yield
-        except (requests.ConnectionError, requests.Timeout) as error:
-            raise EngineUnavailableError(self._unreachable_message(error)) from error
-        except docker.errors.APIError as error:
-            detail = mask_values(str(error.explanation or error), secrets)
-            raise OrchestratorError(f"failed to {action}: {detail}") from error
+        self._engine.close()
 
     def _pull(self, spec: WorkloadSpec) -> None:
-        docker_pull.pull_image(self._api, spec.image, self.registry)
+        docker_pull.pull_image(self._engine.api, spec.image, self.registry)
         logger.info(
             "Pulled image",
             orchestrator=self.name,
@@ -267,11 +219,11 @@ class DockerOrchestrator:
         container_id = self._create(spec)
         if spec.running:
             # A start failure leaves the labelled container for a later cycle.
-            with self._engine_errors(f"start the new container {spec.name}"):
-                self._api.start(container_id)
+            with self._engine.errors(f"start the new container {spec.name}"):
+                self._engine.api.start(container_id)
 
-        with self._engine_errors(f"inspect the new container {spec.name}"):
-            data = self._api.inspect_container(container_id)
+        with self._engine.errors(f"inspect the new container {spec.name}"):
+            data = self._engine.api.inspect_container(container_id)
         workload = docker_state.workload_from_inspect(data, datetime.now(UTC))
         if workload is None:
             raise OrchestratorError(f"container {spec.name} lost its labels")
@@ -292,10 +244,10 @@ class DockerOrchestrator:
             ),
         }
         secrets = tuple(spec.environment.values())
-        with self._engine_errors(f"create container {spec.name}", secrets):
-            host_config = self._api.create_host_config(**self.host_options)
+        with self._engine.errors(f"create container {spec.name}", secrets):
+            host_config = self._engine.api.create_host_config(**self.host_options)
             try:
-                created = self._api.create_container(
+                created = self._engine.api.create_container(
                     image=spec.image.reference,
                     name=spec.name,
                     environment=spec.environment,
@@ -314,7 +266,7 @@ class DockerOrchestrator:
 
     def _release_name(self, spec: WorkloadSpec) -> None:
         """Remove a leftover container of the same connector named `spec.name`."""
-        with self._engine_errors(f"inspect container {spec.name}"):
+        with self._engine.errors(f"inspect container {spec.name}"):
             data = self._inspect_or_none(spec.name)
         if data is None:
             return
@@ -345,7 +297,7 @@ class DockerOrchestrator:
 
     def _find_owned(self, workload: Workload) -> dict[str, Any] | None:
         """Inspect the workload's container and check that it is the connector's."""
-        with self._engine_errors(f"inspect container {workload.name}"):
+        with self._engine.errors(f"inspect container {workload.name}"):
             data = self._inspect_or_none(workload.name)
         if data is None:
             return None
@@ -368,15 +320,15 @@ class DockerOrchestrator:
     def _inspect_or_none(self, name_or_id: str) -> dict[str, Any] | None:
         """Inspect a container, or return None when it does not exist."""
         try:
-            data: dict[str, Any] = self._api.inspect_container(name_or_id)
+            data: dict[str, Any] = self._engine.api.inspect_container(name_or_id)
         except docker.errors.NotFound:
             return None
         return data
 
     def _remove_container(self, container_id: str, name: str) -> None:
         action = f"remove container {name}"
-        with self._engine_errors(action), suppress(docker.errors.NotFound):
-            self._api.remove_container(container_id, v=True, force=True)
+        with self._engine.errors(action), suppress(docker.errors.NotFound):
+            self._engine.api.remove_container(container_id, v=True, force=True)
 
     def _fields(self, workload: Workload) -> dict[str, str]:
         return {
@@ -404,11 +356,3 @@ def split_log_lines(raw: bytes) -> list[str]:
     if lines and not lines[-1]:
         lines.pop()
     return lines
-
-
-def mask_values(text: str, values: tuple[str, ...]) -> str:
-    """Mask each of `values` in `text` and cut it short."""
-    for value in sorted(values, key=len, reverse=True):
-        if len(value) >= MIN_MASKED_LENGTH:
-            text = text.replace(value, MASK)
-    return text[:MAX_DETAIL_LENGTH]
