@@ -9,10 +9,11 @@ restart count (Docker Engine 20.10), which would hide the loop.
 
 Reboot loop: the container is `restarting` (the engine waits before the next
 attempt), or it restarted at least once and its current run began less than
-`REBOOT_LOOP_WINDOW` ago. Docker Engine 20.10 waits 100 ms before a restart,
-doubles the wait after each short run up to 1 min, and resets it after a run of
-10 s. So a connector that crashes within a minute of starting is flagged at any
-moment, and one that crashes less often is flagged for a minute after each crash.
+`REBOOT_LOOP_WINDOW` ago. Docker Engine (moby's `restartmanager` package) waits
+100 ms before a restart, doubles the wait after each short run up to 1 min, and
+resets it after a run of 10 s. So a connector that crashes within a minute of
+starting is flagged at any moment, and one that crashes less often is flagged
+for a minute after each crash.
 """
 
 from __future__ import annotations
