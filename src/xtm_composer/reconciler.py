@@ -302,6 +302,9 @@ class Reconciler:
     def build_spec(self, connector: ManagedConnector) -> WorkloadSpec:
         # The connector's own contract wins over the agent-wide proxy variables.
         environment = proxy.connector_environment(self._proxy)
+        # The platform leaves OPENCTI_URL out of contracts: connectors reach the
+        # platform at the URL this manager uses, unless the contract says else.
+        environment["OPENCTI_URL"] = self._platform_settings.url
         environment.update(build_environment(connector, self._manager_key))
         encrypted_keys = {entry.key for entry in connector.configuration if entry.encrypted}
         for key in encrypted_keys:

@@ -189,7 +189,7 @@ def test_missing_workload_deployed(manager_key: rsa.RSAPrivateKey) -> None:
     asyncio.run(run_cycle(make_reconciler(platform, orchestrator, manager_key)))
 
     spec = orchestrator.specs["c1"]
-    assert {"CONNECTOR_NAME": "One"} == spec.environment
+    assert {"CONNECTOR_NAME": "One", "OPENCTI_URL": "http://localhost:4000"} == spec.environment
     assert "registry.example.com/opencti/connector-test:1.0.0" == spec.image.reference
     assert "manager-1" == spec.labels["opencti-manager"]
     assert "c1" == spec.labels["opencti-connector-id"]

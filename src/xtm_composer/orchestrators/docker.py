@@ -20,6 +20,9 @@ control, and a moved tag is followed.
 
 from __future__ import annotations
 
+import io
+import tarfile
+import time
 from contextlib import suppress
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +40,7 @@ from xtm_composer.orchestrators import (
     docker_state,
 )
 from xtm_composer.orchestrators.base import (
+    CA_BUNDLE_PATH,
     CONNECTOR_ID_LABEL,
     MANAGER_LABEL,
     PLATFORM_LABEL,
@@ -217,6 +221,8 @@ class DockerOrchestrator:
     def _create_and_start(self, spec: WorkloadSpec) -> Workload:
         self._release_name(spec)
         container_id = self._create(spec)
+        if spec.ca_bundle:
+            self._copy_ca_bundle(container_id, spec)
         if spec.running:
             # A start failure leaves the labelled container for a later cycle.
             with self._engine.errors(f"start the new container {spec.name}"):
@@ -263,6 +269,18 @@ class DockerOrchestrator:
                     "the name meanwhile; a later cycle will retry"
                 ) from error
         return str(created["Id"])
+
+    def _copy_ca_bundle(self, container_id: str, spec: WorkloadSpec) -> None:
+        """Write the proxy CA bundle into the created container, before it starts.
+
+        Copying through the Engine API needs no path shared with the host, so it
+        works as well when the agent itself runs in a container. The file is
+        root-owned and read-only (mode 0444); a missing parent folder is created
+        by the engine.
+        """
+        archive = single_file_tar(CA_BUNDLE_PATH.lstrip("/"), spec.ca_bundle.encode())
+        with self._engine.errors(f"copy the proxy CA bundle into {spec.name}"):
+            self._engine.api.put_archive(container_id, "/", archive)
 
     def _release_name(self, spec: WorkloadSpec) -> None:
         """Remove a leftover container of the same connector named `spec.name`."""
@@ -356,3 +374,15 @@ def split_log_lines(raw: bytes) -> list[str]:
     if lines and not lines[-1]:
         lines.pop()
     return lines
+
+
+def single_file_tar(path: str, content: bytes) -> bytes:
+    """Return a tar archive holding one root-owned, read-only file."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        info = tarfile.TarInfo(path)
+        info.size = len(content)
+        info.mode = 0o444
+        info.mtime = int(time.time())
+        archive.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
