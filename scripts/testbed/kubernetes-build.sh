@@ -10,9 +10,10 @@
 #   XTM_KUBE_BUILD_DIR  work directory for the source, GOPATH and Go build cache
 #                       (default: the parent of XTM_KUBE_CACHE, plus /build)
 #
-# When all four binaries are already in XTM_KUBE_CACHE, the script returns at
-# once. A cold build took 345 s on a 2-core VM with Go 1.19 and must run as
-# root, because it installs Debian packages and adds a deb-src entry to apt.
+# When XTM_KUBE_CACHE contains all four binaries, built by the current steps, the
+# script returns at once. A cold build took 345 s on a 2-core VM with Go 1.19.
+# It must run as root, because it installs Debian packages and adds a deb-src
+# entry to apt.
 set -euo pipefail
 . "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -21,6 +22,9 @@ KUBE_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
 BUILD_PACKAGES=(etcd-server golang-go golang-github-modern-go-reflect2-dev dpkg-dev)
 REFLECT2_DEBIAN_DIR="/usr/share/gocode/src/github.com/modern-go/reflect2"
 DEB_SRC_LIST="/etc/apt/sources.list.d/xtm-composer-deb-src.sources"
+# Written next to the binaries. Change it whenever the build steps change, so that caches made by
+# older steps are rebuilt.
+BUILD_RECIPE="kubernetes-$KUBE_VERSION debian-reflect2 openapi-gen no-aws-gcp-credential-providers"
 
 XTM_KUBE_CACHE="${XTM_KUBE_CACHE:-/var/cache/xtm-composer/kubernetes-v${KUBE_VERSION}/bin}"
 XTM_KUBE_BUILD_DIR="${XTM_KUBE_BUILD_DIR:-$(dirname "$XTM_KUBE_CACHE")/build}"
@@ -39,6 +43,7 @@ cache_is_complete() {
     for binary in "${KUBE_BINARIES[@]}"; do
         [[ -x "$XTM_KUBE_CACHE/$binary" ]] || return 1
     done
+    [[ "$(cat "$XTM_KUBE_CACHE/recipe" 2>/dev/null)" == "$BUILD_RECIPE" ]]
 }
 
 # Add a deb-src twin of Debian's deb822 source list, so that `apt-get source`
@@ -85,6 +90,22 @@ replace_reflect2() {
     rm -rf "$vendored"
     cp -rL "$REFLECT2_DEBIAN_DIR" "$vendored"
     rm -f "$vendored/go.mod" "$vendored/go.sum"
+}
+
+# Drop the AWS ECR and Google Container Registry credential providers from the kubelet. At start
+# the kubelet calls Enabled() on each provider. The ECR one then queries the EC2 instance metadata
+# address 169.254.169.254, and the Google one queries metadata.google.internal when the DMI
+# product name is Google's. The testbed sends no traffic to cloud metadata services. The Azure
+# provider stays, because the kubelet registers its flag, and it only reads a file given by flag.
+remove_cloud_credential_providers() {
+    local tree="$1" file
+    for file in cmd/kubelet/app/plugins.go cmd/kubelet/app/options/globalflags.go; do
+        sed -i -E '\#^\s*_ "k8s.io/kubernetes/pkg/credentialprovider/(aws|gcp)"$#d' "$tree/$file"
+    done
+    if grep -rq --include='*.go' --exclude='*_test.go' \
+        -E '^\s*(\w+ )?"k8s.io/kubernetes/pkg/credentialprovider/(aws|gcp)"$' "$tree/cmd" "$tree/pkg"; then
+        die "a package under $tree still imports the AWS or Google credential provider"
+    fi
 }
 
 # Generate pkg/generated/openapi/zz_generated.openapi.go, which the source
@@ -142,6 +163,12 @@ build_binaries() {
         (cd "$tree" && go build -ldflags "$ldflags" -o "$output_dir/$binary" "./cmd/$binary")
         log "built $binary in $(($(date +%s) - binary_start)) s"
     done
+
+    # Both strings come from the providers that remove_cloud_credential_providers drops.
+    if grep -q -e 'while getting AWS credentials' -e 'google-container-registry' "$output_dir/kubelet"; then
+        die "$output_dir/kubelet still contains a cloud credential provider"
+    fi
+    printf '%s\n' "$BUILD_RECIPE" >"$output_dir/recipe"
 }
 
 main() {
@@ -167,6 +194,7 @@ main() {
     local tree
     tree=$(unpack_source)
     replace_reflect2 "$tree"
+    remove_cloud_credential_providers "$tree"
 
     export GOPATH="$XTM_KUBE_BUILD_DIR/gopath"
     export GOCACHE="$XTM_KUBE_BUILD_DIR/go-build-cache"
