@@ -228,8 +228,8 @@ write_env_file() {
             if [ -f "$KUBE_ENV_FILE" ]; then
                 grep -v -E '^(export )?XTM_TEST_KUBECONFIG(_RESTRICTED)?=' "$KUBE_ENV_FILE" || true
             fi
-            printf 'export XTM_TEST_KUBECONFIG=%s\n' "$ADMIN_KUBECONFIG"
-            printf 'export XTM_TEST_KUBECONFIG_RESTRICTED=%s\n' "$RESTRICTED_KUBECONFIG"
+            printf 'export XTM_TEST_KUBECONFIG=%q\n' "$ADMIN_KUBECONFIG"
+            printf 'export XTM_TEST_KUBECONFIG_RESTRICTED=%q\n' "$RESTRICTED_KUBECONFIG"
         } >"$KUBE_ENV_FILE.new"
     )
     chmod 0600 "$KUBE_ENV_FILE.new"
