@@ -162,7 +162,12 @@ class PlatformSettings(Section):
         return value.rstrip("/")
 
 
+class OpenCTISettings(PlatformSettings):
+    enable: bool = True
+    """OpenCTI is managed unless disabled, as in the reference configuration."""
+
+
 class Settings(Section):
     manager: ManagerSettings
-    opencti: PlatformSettings = PlatformSettings()
+    opencti: OpenCTISettings = OpenCTISettings()
     openaev: PlatformSettings = PlatformSettings()
