@@ -8,6 +8,10 @@ set -euo pipefail
 cd "$(dirname -- "${BASH_SOURCE[0]}")/.."
 
 scripts/testbed/up.sh
+# The proxy tests run Debian's tinyproxy as a real HTTP proxy on loopback.
+if ! command -v tinyproxy >/dev/null; then
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tinyproxy
+fi
 if [[ "${XTM_SKIP_KUBERNETES:-0}" != 1 ]]; then
     scripts/testbed/kubernetes.sh up
 fi
