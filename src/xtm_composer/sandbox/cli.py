@@ -376,7 +376,7 @@ def _edit(args: argparse.Namespace) -> int:
         current = admin.connector(args.id)
         # The platform replaces the whole configuration on edit, as its form
         # sends every key. Sending the current plain values first makes this
-        # command change only the keys given; ciphertexts stay as stored.
+        # command change only the keys given, and ciphertexts stay as stored.
         values = {
             item["key"]: item["value"]
             for item in current["configuration"]

@@ -196,8 +196,8 @@ class SandboxApp:
         return hmac.compare_digest(credentials.strip().encode("utf-8"), self._token)
 
     def _unauthorized(self, request: Request) -> Response:
-        # The first rejection is a warning; repeats (a client retrying with the
-        # same wrong token) go to debug with their count.
+        # Only the first rejection is a warning. Repeats, such as a client that
+        # retries with the same wrong token, go to debug with their count.
         self._rejected_requests += 1
         level = log.warning if self._rejected_requests == 1 else log.debug
         level(
