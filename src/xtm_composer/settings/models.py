@@ -122,11 +122,15 @@ class Orchestrator(StrEnum):
     SWARM = "swarm"
 
 
+# Imported here, not at the top: the Kubernetes settings subclass `Section`.
+from xtm_composer.settings.kubernetes import KubernetesSettings  # noqa: E402
+
+
 class DaemonSettings(Section):
     selector: Orchestrator = Orchestrator.KUBERNETES
     registry: RegistrySettings | None = None
     docker: DockerSettings = DockerSettings()
-    kubernetes: dict[str, Any] = Field(default_factory=dict)
+    kubernetes: KubernetesSettings = KubernetesSettings()
     portainer: dict[str, Any] = Field(default_factory=dict)
     swarm: dict[str, Any] = Field(default_factory=dict)
 
