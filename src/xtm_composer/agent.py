@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -23,9 +24,9 @@ def register_settings_secrets(settings: Settings) -> None:
     """Make every secret of the configuration unloggable."""
     for platform in (settings.opencti, settings.openaev):
         logs.register_secret(platform.token.get_secret_value())
-        for proxy in (platform.http_proxy, platform.https_proxy):
-            if proxy is not None:
-                logs.register_secret(proxy.get_secret_value())
+        for proxy_url in (platform.http_proxy, platform.https_proxy):
+            if proxy_url is not None:
+                logs.register_secret(proxy_url.get_secret_value())
         registry = platform.daemon.registry
         if registry is not None and registry.password is not None:
             logs.register_secret(registry.password.get_secret_value())
@@ -39,7 +40,9 @@ def load_key(settings: Settings) -> rsa.RSAPrivateKey:
             "set; using the file",
             path=str(manager.credentials_key_filepath),
         )
-    inline = manager.credentials_key.get_secret_value() if manager.credentials_key else None
+    inline = (
+        manager.credentials_key.get_secret_value() if manager.credentials_key else None
+    )
     return crypto.load_manager_key(inline, manager.credentials_key_filepath)
 
 
@@ -62,7 +65,9 @@ def enabled_platform(settings: Settings) -> PlatformSettings:
     return settings.opencti
 
 
-async def prepare_orchestrator(orchestrator: Orchestrator, stopping: asyncio.Event) -> bool:
+async def prepare_orchestrator(
+    orchestrator: Orchestrator, stopping: asyncio.Event
+) -> bool:
     """Run the orchestrator's start-up work, retrying while the engine is down."""
     backoff = Backoff(initial_delay=1, max_delay=60)
     while not stopping.is_set():
@@ -142,13 +147,13 @@ def install_signal_handlers(stopping: asyncio.Event) -> None:
 
     def request_stop(signal_name: str) -> None:
         if not stopping.is_set():
-            log.info("Stop requested, finishing in-flight operations", signal=signal_name)
+            log.info(
+                "Stop requested, finishing in-flight operations", signal=signal_name
+            )
         stopping.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
-        try:
+        # Outside the main thread signals cannot be handled: the caller then
+        # stops the agent through `stopping` instead.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signum, request_stop, signum.name)
-        except (NotImplementedError, RuntimeError):
-            # Not the main thread (tests run the agent in a thread): the caller
-            # stops the agent through `stopping` instead.
-            pass

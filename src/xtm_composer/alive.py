@@ -7,6 +7,7 @@ exponential backoff, and connectors already deployed keep running meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Protocol
 
 from xtm_composer import logs
@@ -88,7 +89,5 @@ class AliveLoop:
 
 async def wait_or_stop(stopping: asyncio.Event, seconds: float) -> None:
     """Sleep for `seconds`, or less when `stopping` is set meanwhile."""
-    try:
+    with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stopping.wait(), timeout=seconds)
-    except TimeoutError:
-        pass

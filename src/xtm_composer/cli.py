@@ -88,10 +88,16 @@ def fail(message: str) -> int:
 def run_command(settings: Settings) -> int:
     from xtm_composer.agent import run_agent
 
-    logs.configure_logging(settings.manager.logger.level, settings.manager.logger.format)
+    logs.configure_logging(
+        settings.manager.logger.level, settings.manager.logger.format
+    )
     try:
         asyncio.run(run_agent(settings))
-    except (ConfigurationError, crypto.ManagerKeyError, UnsupportedOrchestratorError) as error:
+    except (
+        ConfigurationError,
+        crypto.ManagerKeyError,
+        UnsupportedOrchestratorError,
+    ) as error:
         return fail(str(error))
     except KeyboardInterrupt:
         return 130

@@ -41,9 +41,7 @@ class DecryptionError(Exception):
     """An encrypted value cannot be decrypted. The message never holds the value."""
 
 
-def load_manager_key(
-    key_pem: str | None, key_path: Path | None
-) -> rsa.RSAPrivateKey:
+def load_manager_key(key_pem: str | None, key_path: Path | None) -> rsa.RSAPrivateKey:
     """Load the 4096-bit RSA key from a PEM file or inline PEM (the file wins)."""
     if key_path is not None:
         try:
@@ -144,6 +142,5 @@ def unwrap_key(key: rsa.RSAPrivateKey, version: int, rsa_block: bytes) -> bytes:
         return key.decrypt(rsa_block, scheme)
     except ValueError:
         raise DecryptionError(
-            "RSA decryption failed: the value was not encrypted for this "
-            "manager's key"
+            "RSA decryption failed: the value was not encrypted for this manager's key"
         ) from None

@@ -27,7 +27,12 @@ from xtm_composer.orchestrators.base import CA_BUNDLE_PATH
 from xtm_composer.settings import ConfigurationError, PlatformSettings
 
 CA_MOUNT_PATH = CA_BUNDLE_PATH
-CA_ENV_NAMES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE")
+CA_ENV_NAMES = (
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "CURL_CA_BUNDLE",
+)
 
 
 @dataclass(frozen=True)
@@ -53,7 +58,9 @@ class ProxyConfig:
 
 
 def resolve_proxy(
-    settings: PlatformSettings, environ: Mapping[str, str] | None = None, name: str = "opencti"
+    settings: PlatformSettings,
+    environ: Mapping[str, str] | None = None,
+    name: str = "opencti",
 ) -> ProxyConfig:
     """Build the proxy configuration of a platform, reading CA files now."""
     if not settings.with_proxy:
@@ -204,6 +211,8 @@ def fingerprint(config: ProxyConfig) -> str:
     """
     if not config.enabled and not config.ca_bundle:
         return ""
-    lines = [f"{key}={value}" for key, value in sorted(connector_environment(config).items())]
+    lines = [
+        f"{key}={value}" for key, value in sorted(connector_environment(config).items())
+    ]
     material = "\n".join([*lines, config.ca_bundle])
     return hashlib.sha256(material.encode()).hexdigest()[:8]

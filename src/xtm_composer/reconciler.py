@@ -57,7 +57,11 @@ class ConnectorApi(Protocol):
     async def update_logs(self, connector_id: str, lines: list[str]) -> None: ...
 
     async def update_health(
-        self, connector_id: str, restart_count: int, started_at: str, in_reboot_loop: bool
+        self,
+        connector_id: str,
+        restart_count: int,
+        started_at: str,
+        in_reboot_loop: bool,
     ) -> None: ...
 
 
@@ -143,7 +147,9 @@ class Reconciler:
         by_connector = index_workloads(workloads)
         desired_ids = {connector.id for connector in connectors}
         for connector in connectors:
-            self._launch(connector.id, self.reconcile(connector, by_connector.get(connector.id)))
+            self._launch(
+                connector.id, self.reconcile(connector, by_connector.get(connector.id))
+            )
         for connector_id, workload in by_connector.items():
             if connector_id not in desired_ids:
                 self._launch(connector_id, self.remove_orphan(workload))
@@ -187,13 +193,19 @@ class Reconciler:
         pending = [task for task in self._tasks.values() if not task.done()]
         if not pending:
             return
-        log.info("Waiting for in-flight operations", count=len(pending), timeout_seconds=timeout)
-        done, still_running = await asyncio.wait(pending, timeout=timeout)
+        log.info(
+            "Waiting for in-flight operations",
+            count=len(pending),
+            timeout_seconds=timeout,
+        )
+        _, still_running = await asyncio.wait(pending, timeout=timeout)
         if still_running:
             log.warning(
                 "Abandoning in-flight operations at shutdown",
                 count=len(still_running),
-                connector_ids=sorted(t.get_name().removeprefix("reconcile-") for t in still_running),
+                connector_ids=sorted(
+                    t.get_name().removeprefix("reconcile-") for t in still_running
+                ),
             )
 
     def _forget_tracks(self, desired_ids: set[str]) -> None:
@@ -204,7 +216,9 @@ class Reconciler:
     def track(self, connector_id: str) -> ConnectorTrack:
         return self._tracks.setdefault(connector_id, ConnectorTrack())
 
-    async def reconcile(self, connector: ManagedConnector, workload: Workload | None) -> None:
+    async def reconcile(
+        self, connector: ManagedConnector, workload: Workload | None
+    ) -> None:
         """Bring one connector's workload in line with what the platform wants."""
         track = self.track(connector.id)
         if track.failed_hash != connector.contract_hash:
@@ -227,7 +241,10 @@ class Reconciler:
         await self._report(connector, workload, track)
 
     async def _apply_contract(
-        self, connector: ManagedConnector, workload: Workload | None, track: ConnectorTrack
+        self,
+        connector: ManagedConnector,
+        workload: Workload | None,
+        track: ConnectorTrack,
     ) -> Workload | None:
         """Deploy or redeploy; on failure keep the current workload and report why."""
         if self._clock() < track.retry_after:
@@ -235,12 +252,30 @@ class Reconciler:
         try:
             spec = self.build_spec(connector)
             if workload is None:
-                log.info("Deploying connector", connector_id=connector.id, name=spec.name, image=spec.image.reference)
+                log.info(
+                    "Deploying connector",
+                    connector_id=connector.id,
+                    name=spec.name,
+                    image=spec.image.reference,
+                )
                 result = await asyncio.to_thread(self._orchestrator.deploy, spec)
             else:
-                log.info("Redeploying connector", connector_id=connector.id, name=spec.name, image=spec.image.reference, previous_hash=workload.contract_hash, contract_hash=connector.contract_hash)
-                result = await asyncio.to_thread(self._orchestrator.redeploy, spec, workload)
-        except (ContractValueError, registry.ImageReferenceError, OrchestratorError) as error:
+                log.info(
+                    "Redeploying connector",
+                    connector_id=connector.id,
+                    name=spec.name,
+                    image=spec.image.reference,
+                    previous_hash=workload.contract_hash,
+                    contract_hash=connector.contract_hash,
+                )
+                result = await asyncio.to_thread(
+                    self._orchestrator.redeploy, spec, workload
+                )
+        except (
+            ContractValueError,
+            registry.ImageReferenceError,
+            OrchestratorError,
+        ) as error:
             await self._report_failure(connector, track, error)
             return workload
         track.failure_backoff.reset()
@@ -266,7 +301,7 @@ class Reconciler:
         )
         await self._api.update_logs(
             connector.id,
-            [f"[xtm-composer] deployment failed: {message} (retry in {round(delay)} s)"],
+            [f"[xtm-composer] deployment failed: {message} (retry in {delay:.0f} s)"],
         )
         track.logs_sent_at = self._clock()
 
@@ -274,14 +309,22 @@ class Reconciler:
         self, connector: ManagedConnector, workload: Workload
     ) -> Workload:
         try:
-            if connector.wants_running and workload.status is WorkloadStatus.STOPPED and not workload.in_reboot_loop:
-                log.info("Starting connector", connector_id=connector.id, name=workload.name)
+            if (
+                connector.wants_running
+                and workload.status is WorkloadStatus.STOPPED
+                and not workload.in_reboot_loop
+            ):
+                log.info(
+                    "Starting connector", connector_id=connector.id, name=workload.name
+                )
                 await asyncio.to_thread(self._orchestrator.start, workload)
                 return replace_status(workload, WorkloadStatus.STARTED)
             if not connector.wants_running and (
                 workload.status is WorkloadStatus.STARTED or workload.in_reboot_loop
             ):
-                log.info("Stopping connector", connector_id=connector.id, name=workload.name)
+                log.info(
+                    "Stopping connector", connector_id=connector.id, name=workload.name
+                )
                 await asyncio.to_thread(self._orchestrator.stop, workload)
                 return replace_status(workload, WorkloadStatus.STOPPED)
         except OrchestratorError as error:
@@ -306,18 +349,25 @@ class Reconciler:
         # platform at the URL this manager uses, unless the contract says else.
         environment["OPENCTI_URL"] = self._platform_settings.url
         environment.update(build_environment(connector, self._manager_key))
-        encrypted_keys = {entry.key for entry in connector.configuration if entry.encrypted}
+        encrypted_keys = {
+            entry.key for entry in connector.configuration if entry.encrypted
+        }
         for key in encrypted_keys:
             logs.register_secret(environment.get(key))
         self._log_environment(connector, environment, encrypted_keys)
-        image = registry.resolve_image(connector.image, self._platform_settings.daemon.registry)
+        image = registry.resolve_image(
+            connector.image, self._platform_settings.daemon.registry
+        )
         return WorkloadSpec(
             connector_id=connector.id,
             name=naming.workload_name(connector.name, connector.id),
             image=image,
             environment=environment,
             labels=naming.workload_labels(
-                self._manager.id, self.platform, connector.id, self.deployment_hash(connector)
+                self._manager.id,
+                self.platform,
+                connector.id,
+                self.deployment_hash(connector),
             ),
             contract_hash=self.deployment_hash(connector),
             running=connector.wants_running,
@@ -325,7 +375,10 @@ class Reconciler:
         )
 
     def _log_environment(
-        self, connector: ManagedConnector, environment: dict[str, str], encrypted_keys: set[str]
+        self,
+        connector: ManagedConnector,
+        environment: dict[str, str],
+        encrypted_keys: set[str],
     ) -> None:
         debug = self._manager.debug
         if not debug.show_env_vars:
@@ -333,12 +386,16 @@ class Reconciler:
         # Decrypted values stay masked: the log redaction masks them even when
         # show_sensitive_env_vars is set, because the rule is "never log a secret".
         shown = {
-            key: ("***" if key in encrypted_keys else value) for key, value in environment.items()
+            key: ("***" if key in encrypted_keys else value)
+            for key, value in environment.items()
         }
         log.info("Connector environment", connector_id=connector.id, environment=shown)
 
     async def _report(
-        self, connector: ManagedConnector, workload: Workload | None, track: ConnectorTrack
+        self,
+        connector: ManagedConnector,
+        workload: Workload | None,
+        track: ConnectorTrack,
     ) -> None:
         observed = (
             CurrentStatus.STARTED
@@ -347,8 +404,14 @@ class Reconciler:
         )
         if observed != connector.current_status and observed != track.reported_status:
             await self._api.update_status(connector.id, observed)
-            log.info("Connector status reported", connector_id=connector.id, status=observed.value)
-        track.reported_status = observed if observed != connector.current_status else None
+            log.info(
+                "Connector status reported",
+                connector_id=connector.id,
+                status=observed.value,
+            )
+        track.reported_status = (
+            observed if observed != connector.current_status else None
+        )
         if workload is None:
             return
 
@@ -368,12 +431,20 @@ class Reconciler:
     async def _send_logs(self, connector: ManagedConnector, workload: Workload) -> None:
         max_lines = self._platform_settings.logs_max_lines
         try:
-            lines = await asyncio.to_thread(self._orchestrator.logs, workload, max_lines)
+            lines = await asyncio.to_thread(
+                self._orchestrator.logs, workload, max_lines
+            )
         except OrchestratorError as error:
-            log.warning("Cannot read connector logs", connector_id=connector.id, error=str(error))
+            log.warning(
+                "Cannot read connector logs",
+                connector_id=connector.id,
+                error=str(error),
+            )
             return
         if workload.problem:
-            lines = [*lines, f"[xtm-composer] {logs.mask_secrets(workload.problem)}"][-max_lines:]
+            lines = [*lines, f"[xtm-composer] {logs.mask_secrets(workload.problem)}"][
+                -max_lines:
+            ]
         if lines:
             await self._api.update_logs(connector.id, lines)
 

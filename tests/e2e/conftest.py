@@ -70,9 +70,14 @@ def platform(tmp_path: Path, testbed: Testbed) -> Iterator[Platform]:
     """A running platform stand-in with the bundled catalog and two test entries."""
     extra = tmp_path / "catalog"
     write_catalog_entry(
-        extra, "open-registry-test", f"{testbed.open_registry}/public/connector-test", "1.0.0"
+        extra,
+        "open-registry-test",
+        f"{testbed.open_registry}/public/connector-test",
+        "1.0.0",
     )
-    write_catalog_entry(extra, "missing-image-test", "opencti/connector-absent", "9.9.9")
+    write_catalog_entry(
+        extra, "missing-image-test", "opencti/connector-absent", "9.9.9"
+    )
     catalog = load_catalog([DEFAULT_CATALOG_DIR, extra])
     token = secrets.token_urlsafe(24)
     server = SandboxServer(SandboxState(catalog), token=token)
@@ -121,7 +126,9 @@ class Deployment:
         values.update(overrides)
         return values
 
-    def start_agent(self, wait_registered: bool = True, **overrides: str) -> AgentProcess:
+    def start_agent(
+        self, wait_registered: bool = True, **overrides: str
+    ) -> AgentProcess:
         """Start an agent and, by default, wait until it registered its key.
 
         The platform encrypts connector secrets for the registered manager key,
@@ -143,7 +150,9 @@ class Deployment:
             all=True, filters={"label": f"opencti-manager={self.manager_id}"}
         )
 
-    def container_of(self, connector_id: str) -> docker.models.containers.Container | None:
+    def container_of(
+        self, connector_id: str
+    ) -> docker.models.containers.Container | None:
         for container in self.containers():
             if container.labels.get("opencti-connector-id") == connector_id:
                 return container

@@ -52,15 +52,18 @@ def test_prefixed_image_runs_and_reports(deployment: Deployment) -> None:
     connector_id, api_key = add_test_connector(deployment)
 
     view = wait_for(
-        lambda: (v := sandbox_view(deployment, connector_id))["current_status"] == "started"
-        and v,
+        lambda: (
+            (v := sandbox_view(deployment, connector_id))["current_status"] == "started"
+            and v
+        ),
         PULL_TIMEOUT,
         what="the connector to be reported started",
     )
     container = deployment.container_of(connector_id)
     assert container is not None
-    assert f"{deployment.testbed.registry}/opencti/connector-test:1.0.0" == (
-        container.attrs["Config"]["Image"]
+    assert (
+        f"{deployment.testbed.registry}/opencti/connector-test:1.0.0"
+        == (container.attrs["Config"]["Image"])
     )
     environment = container_env(container)
     assert api_key == environment["TEST_API_KEY"]
@@ -68,7 +71,9 @@ def test_prefixed_image_runs_and_reports(deployment: Deployment) -> None:
     assert "started" == view["current_status"]
 
     view = wait_for(
-        lambda: (v := sandbox_view(deployment, connector_id))["health"] and v["logs"] and v,
+        lambda: (
+            (v := sandbox_view(deployment, connector_id))["health"] and v["logs"] and v
+        ),
         20,
         what="health and logs in the sandbox",
     )
@@ -79,13 +84,15 @@ def test_prefixed_image_runs_and_reports(deployment: Deployment) -> None:
 
 
 def test_lifecycle_reaches_dockerd_within_two_cycles(deployment: Deployment) -> None:
-    """Stop, start, edit and delete made in the sandbox reach dockerd within two cycles."""
+    """Stop, start, edit and delete in the sandbox reach dockerd within two cycles."""
     agent = deployment.start_agent()
     connector_id, _ = add_test_connector(deployment)
     admin = deployment.platform.admin
     wait_for(lambda: deployment.container_of(connector_id), PULL_TIMEOUT, what="deploy")
     wait_for(
-        lambda: deployment.container_of(connector_id).status == "running", 20, what="running"
+        lambda: deployment.container_of(connector_id).status == "running",
+        20,
+        what="running",
     )
 
     def within_two_cycles(change: Any, effect: Any, what: str) -> None:
@@ -112,9 +119,11 @@ def test_lifecycle_reaches_dockerd_within_two_cycles(deployment: Deployment) -> 
             "E2E connector",
             {"TEST_API_KEY": new_key},
         ),
-        lambda: (c := deployment.container_of(connector_id)) is not None
-        and container_env(c).get("TEST_API_KEY") == new_key
-        and c.status == "running",
+        lambda: (
+            (c := deployment.container_of(connector_id)) is not None
+            and container_env(c).get("TEST_API_KEY") == new_key
+            and c.status == "running"
+        ),
         "the redeploy with the new environment",
     )
     within_two_cycles(
@@ -176,8 +185,9 @@ def test_other_registry_pulled_without_credentials(deployment: Deployment) -> No
 
         for connector_id in (open_one["id"], private_id):
             wait_for(
-                lambda cid=connector_id: sandbox_view(deployment, cid)["current_status"]
-                == "started",
+                lambda cid=connector_id: (
+                    sandbox_view(deployment, cid)["current_status"] == "started"
+                ),
                 PULL_TIMEOUT,
                 what="both connectors to start",
             )
@@ -185,8 +195,9 @@ def test_other_registry_pulled_without_credentials(deployment: Deployment) -> No
 
     container = deployment.container_of(open_one["id"])
     assert container is not None
-    assert f"{deployment.testbed.open_registry}/public/connector-test:1.0.0" == (
-        container.attrs["Config"]["Image"]
+    assert (
+        f"{deployment.testbed.open_registry}/public/connector-test:1.0.0"
+        == (container.attrs["Config"]["Image"])
     )
     open_pulls = [r for r in pulls if "public" in r.path]
     private_pulls = [r for r in pulls if "opencti" in r.path]
@@ -202,7 +213,9 @@ def test_platform_down_at_start_and_mid_run(deployment: Deployment) -> None:
     server.stop()
     agent = deployment.start_agent(wait_registered=False)
 
-    wait_for(lambda: agent.count("Platform unreachable, will retry") >= 2, 30, what="retries")
+    wait_for(
+        lambda: agent.count("Platform unreachable, will retry") >= 2, 30, what="retries"
+    )
     assert agent.running
     server.start()
     wait_for(lambda: server.state.manager() is not None, 90, what="registration")

@@ -40,7 +40,9 @@ class ProxyOnly:
         self.app = app
         self.direct_requests = 0
 
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Receive, send: Send
+    ) -> None:
         if scope["type"] == "http":
             headers = dict(scope["headers"])
             if b"tinyproxy" not in headers.get(b"via", b""):
@@ -80,7 +82,9 @@ def add_started_connector(deployment: Deployment) -> str:
     api_key = f"api-key-{secrets.token_hex(8)}"
     deployment.secrets.append(api_key)
     admin = deployment.platform.admin
-    created = admin.add_connector("connector-test", "Proxied connector", {"TEST_API_KEY": api_key})
+    created = admin.add_connector(
+        "connector-test", "Proxied connector", {"TEST_API_KEY": api_key}
+    )
     admin.request_status(created["id"], "starting")
     return str(created["id"])
 
@@ -109,7 +113,7 @@ def container_env(container: Any) -> dict[str, str]:
 def test_agent_and_connector_behind_proxy(
     deployment: Deployment, tinyproxy: Tinyproxy, tmp_path: Path
 ) -> None:
-    """The agent reaches the platform only through the proxy; connectors get its settings."""
+    """The agent reaches the platform through the proxy; connectors get its settings."""
     guard = restart_behind_proxy(deployment, tinyproxy)
     ca_file = tmp_path / "proxy-ca.pem"
     ca_pem = certificate_pem()
@@ -124,7 +128,10 @@ def test_agent_and_connector_behind_proxy(
     )
     connector_id = add_started_connector(deployment)
     wait_for(
-        lambda: deployment.platform.admin.connector(connector_id)["current_status"] == "started",
+        lambda: (
+            deployment.platform.admin.connector(connector_id)["current_status"]
+            == "started"
+        ),
         60,
         what="the connector started through the proxy",
     )
@@ -137,7 +144,12 @@ def test_agent_and_connector_behind_proxy(
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
         assert tinyproxy.url == environment[name]
     assert "localhost,.internal.example" == environment["NO_PROXY"]
-    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "CURL_CA_BUNDLE"):
+    for name in (
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "CURL_CA_BUNDLE",
+    ):
         assert CA_PATH == environment[name]
     assert "NODE_TLS_REJECT_UNAUTHORIZED" not in environment
     bundle = container.exec_run(["cat", CA_PATH])
@@ -156,13 +168,17 @@ def test_reject_unauthorized_false_reaches_connector(
     )
     connector_id = add_started_connector(deployment)
     container = wait_for(
-        lambda: deployment.container_of(connector_id), 60, what="the connector's container"
+        lambda: deployment.container_of(connector_id),
+        60,
+        what="the connector's container",
     )
 
     assert "0" == container_env(container)["NODE_TLS_REJECT_UNAUTHORIZED"]
 
 
-def test_no_proxy_host_reached_directly(deployment: Deployment, tinyproxy: Tinyproxy) -> None:
+def test_no_proxy_host_reached_directly(
+    deployment: Deployment, tinyproxy: Tinyproxy
+) -> None:
     """A platform host listed in no_proxy is reached without the proxy."""
     deployment.start_agent(
         OPENCTI__WITH_PROXY="true",
@@ -171,7 +187,10 @@ def test_no_proxy_host_reached_directly(deployment: Deployment, tinyproxy: Tinyp
     )
     connector_id = add_started_connector(deployment)
     wait_for(
-        lambda: deployment.platform.admin.connector(connector_id)["current_status"] == "started",
+        lambda: (
+            deployment.platform.admin.connector(connector_id)["current_status"]
+            == "started"
+        ),
         60,
         what="the connector started without the proxy",
     )
@@ -192,7 +211,9 @@ def test_with_proxy_false_ignores_environment(
     )
     connector_id = add_started_connector(deployment)
     container = wait_for(
-        lambda: deployment.container_of(connector_id), 60, what="the connector's container"
+        lambda: deployment.container_of(connector_id),
+        60,
+        what="the connector's container",
     )
 
     assert [] == tinyproxy.requests()

@@ -31,7 +31,9 @@ def write_manager_key(path: Path, key: rsa.RSAPrivateKey) -> Path:
 class AgentProcess:
     """One `xtm-composer run` process; its standard error is kept in a file."""
 
-    def __init__(self, environment: dict[str, str], workdir: Path, name: str = "agent") -> None:
+    def __init__(
+        self, environment: dict[str, str], workdir: Path, name: str = "agent"
+    ) -> None:
         self.environment = environment
         self.workdir = workdir
         self.log_path = workdir / f"{name}.log"
@@ -75,7 +77,9 @@ class AgentProcess:
         return self.process is not None and self.process.poll() is None
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return (
+            self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        )
 
     def json_events(self) -> list[dict[str, Any]]:
         events = []

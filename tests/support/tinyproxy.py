@@ -36,7 +36,9 @@ class Tinyproxy:
     def start(self) -> Tinyproxy:
         binary = shutil.which("tinyproxy")
         if binary is None:
-            raise FileNotFoundError("tinyproxy is not installed (Debian package tinyproxy)")
+            raise FileNotFoundError(
+                "tinyproxy is not installed (Debian package tinyproxy)"
+            )
         config = self.workdir / "tinyproxy.conf"
         config.write_text(
             "\n".join(
@@ -75,7 +77,7 @@ class Tinyproxy:
             self.process.wait(timeout=10)
 
     def requests(self) -> list[str]:
-        """Return the request lines tinyproxy logged, such as `POST http://... HTTP/1.1`."""
+        """Return the request lines tinyproxy logged (`POST http://... HTTP/1.1`)."""
         if not self.log_path.exists():
             return []
         marker = "): "

@@ -26,7 +26,9 @@ def pem(key: rsa.RSAPrivateKey, fmt: serialization.PrivateFormat) -> str:
     "fmt",
     [serialization.PrivateFormat.PKCS8, serialization.PrivateFormat.TraditionalOpenSSL],
 )
-def test_pkcs8_and_pkcs1_load(key_4096: rsa.RSAPrivateKey, fmt: serialization.PrivateFormat) -> None:
+def test_pkcs8_and_pkcs1_load(
+    key_4096: rsa.RSAPrivateKey, fmt: serialization.PrivateFormat
+) -> None:
     """Both PEM encodings load to the same key."""
     loaded = crypto.load_manager_key(pem(key_4096, fmt), None)
 
@@ -62,7 +64,7 @@ def test_missing_key_rejected() -> None:
 
 def test_unreadable_file_rejected(tmp_path: Path) -> None:
     """A key file that cannot be read is named in the error."""
-    with pytest.raises(crypto.ManagerKeyError, match="absent.pem"):
+    with pytest.raises(crypto.ManagerKeyError, match=r"absent\.pem"):
         crypto.load_manager_key(None, tmp_path / "absent.pem")
 
 

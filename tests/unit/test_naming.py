@@ -45,7 +45,9 @@ def test_same_name_different_ids() -> None:
 
 def test_name_is_stable() -> None:
     """The same connector always gets the same name."""
-    assert naming.workload_name("IPInfo", "id-1") == naming.workload_name("IPInfo", "id-1")
+    assert naming.workload_name("IPInfo", "id-1") == naming.workload_name(
+        "IPInfo", "id-1"
+    )
 
 
 def test_name_readable() -> None:

@@ -39,7 +39,10 @@ def platform(**values: object) -> PlatformSettings:
 
 def test_disabled_ignores_environment() -> None:
     """with_proxy false ignores proxy variables of the agent's environment."""
-    environ = {"HTTP_PROXY": "http://127.0.0.1:3128", "HTTPS_PROXY": "http://127.0.0.1:3128"}
+    environ = {
+        "HTTP_PROXY": "http://127.0.0.1:3128",
+        "HTTPS_PROXY": "http://127.0.0.1:3128",
+    }
 
     config = proxy.resolve_proxy(platform(with_proxy=False), environ)
 
@@ -84,7 +87,13 @@ def test_environment_used_without_explicit_settings() -> None:
 )
 def test_no_proxy_matching(host: str, bypass: bool) -> None:
     """Hosts, leading-dot domains, ports, CIDRs and IPv6 entries match as documented."""
-    entries = ("localhost", ".internal.example.com", "127.0.0.0/8", "opencti.io:8080", "[::1]")
+    entries = (
+        "localhost",
+        ".internal.example.com",
+        "127.0.0.0/8",
+        "opencti.io:8080",
+        "[::1]",
+    )
 
     assert bypass is proxy.bypasses_proxy(host, entries)
 
@@ -96,7 +105,9 @@ def test_wildcard_bypasses_everything() -> None:
 
 def test_credentials_registered_as_secrets() -> None:
     """A proxy URL with credentials is masked in logs, and so is its password."""
-    settings = platform(with_proxy=True, http_proxy="http://user:pa%40ss-word@127.0.0.1:3128")
+    settings = platform(
+        with_proxy=True, http_proxy="http://user:pa%40ss-word@127.0.0.1:3128"
+    )
 
     proxy.resolve_proxy(settings, {})
 
@@ -122,7 +133,9 @@ def test_unreadable_ca_is_start_error(tmp_path: Path) -> None:
     missing = tmp_path / "absent.pem"
 
     with pytest.raises(ConfigurationError, match=r"https_proxy_ca\[0\].*absent.pem"):
-        proxy.resolve_proxy(platform(with_proxy=True, https_proxy_ca=[str(missing)]), {})
+        proxy.resolve_proxy(
+            platform(with_proxy=True, https_proxy_ca=[str(missing)]), {}
+        )
 
 
 def test_ca_without_certificate_rejected(tmp_path: Path) -> None:
@@ -155,15 +168,21 @@ def test_connector_environment() -> None:
 
 def test_reject_unauthorized_false_sets_node_variable() -> None:
     """NODE_TLS_REJECT_UNAUTHORIZED=0 appears only when asked."""
-    config = proxy.ProxyConfig(http_proxy="http://127.0.0.1:3128", reject_unauthorized=False)
+    config = proxy.ProxyConfig(
+        http_proxy="http://127.0.0.1:3128", reject_unauthorized=False
+    )
 
     assert "0" == proxy.connector_environment(config)["NODE_TLS_REJECT_UNAUTHORIZED"]
 
 
 def test_fingerprint_changes_with_ca() -> None:
     """A change of CA content changes the fingerprint, so connectors redeploy."""
-    base = proxy.ProxyConfig(http_proxy="http://127.0.0.1:3128", ca_bundle=certificate_pem())
-    other = proxy.ProxyConfig(http_proxy="http://127.0.0.1:3128", ca_bundle=certificate_pem())
+    base = proxy.ProxyConfig(
+        http_proxy="http://127.0.0.1:3128", ca_bundle=certificate_pem()
+    )
+    other = proxy.ProxyConfig(
+        http_proxy="http://127.0.0.1:3128", ca_bundle=certificate_pem()
+    )
 
     assert proxy.fingerprint(base) != proxy.fingerprint(other)
     assert "" == proxy.fingerprint(proxy.ProxyConfig())

@@ -126,7 +126,11 @@ class MemoryPlatform:
         self.logs.setdefault(connector_id, []).append(lines)
 
     async def update_health(
-        self, connector_id: str, restart_count: int, started_at: str, in_reboot_loop: bool
+        self,
+        connector_id: str,
+        restart_count: int,
+        started_at: str,
+        in_reboot_loop: bool,
     ) -> None:
         self.health.setdefault(connector_id, []).append(
             (restart_count, started_at, in_reboot_loop)
@@ -150,7 +154,9 @@ def connector(
     connector_id: str = "c1",
     requested: RequestedStatus = RequestedStatus.STARTING,
     contract_hash: str = "h1",
-    configuration: tuple[ContractEntry, ...] = (ContractEntry("CONNECTOR_NAME", "One"),),
+    configuration: tuple[ContractEntry, ...] = (
+        ContractEntry("CONNECTOR_NAME", "One"),
+    ),
 ) -> ManagedConnector:
     return ManagedConnector(
         id=connector_id,
@@ -189,7 +195,10 @@ def test_missing_workload_deployed(manager_key: rsa.RSAPrivateKey) -> None:
     asyncio.run(run_cycle(make_reconciler(platform, orchestrator, manager_key)))
 
     spec = orchestrator.specs["c1"]
-    assert {"CONNECTOR_NAME": "One", "OPENCTI_URL": "http://localhost:4000"} == spec.environment
+    assert {
+        "CONNECTOR_NAME": "One",
+        "OPENCTI_URL": "http://localhost:4000",
+    } == spec.environment
     assert "registry.example.com/opencti/connector-test:1.0.0" == spec.image.reference
     assert "manager-1" == spec.labels["opencti-manager"]
     assert "c1" == spec.labels["opencti-connector-id"]
@@ -232,9 +241,13 @@ def test_stop_and_start_follow_request(manager_key: rsa.RSAPrivateKey) -> None:
     reconciler = make_reconciler(platform, orchestrator, manager_key)
     asyncio.run(run_cycle(reconciler))
 
-    platform.connectors = [replace(platform.connectors[0], requested_status=RequestedStatus.STOPPING)]
+    platform.connectors = [
+        replace(platform.connectors[0], requested_status=RequestedStatus.STOPPING)
+    ]
     asyncio.run(run_cycle(reconciler))
-    platform.connectors = [replace(platform.connectors[0], requested_status=RequestedStatus.STARTING)]
+    platform.connectors = [
+        replace(platform.connectors[0], requested_status=RequestedStatus.STARTING)
+    ]
     asyncio.run(run_cycle(reconciler))
 
     assert [("stop", "c1"), ("start", "c1")] == orchestrator.calls[1:]
@@ -257,7 +270,9 @@ def test_deleted_connector_removed(manager_key: rsa.RSAPrivateKey) -> None:
     assert {"c1"} == set(orchestrator.workloads)
 
 
-def test_failed_workload_listing_removes_nothing(manager_key: rsa.RSAPrivateKey) -> None:
+def test_failed_workload_listing_removes_nothing(
+    manager_key: rsa.RSAPrivateKey,
+) -> None:
     """When the engine cannot list, no workload is removed or deployed."""
     platform = MemoryPlatform([connector("c1")])
     orchestrator = MemoryOrchestrator()
@@ -274,7 +289,9 @@ def test_failed_workload_listing_removes_nothing(manager_key: rsa.RSAPrivateKey)
     assert {"c1"} == set(orchestrator.workloads)
 
 
-def test_failed_connector_listing_removes_nothing(manager_key: rsa.RSAPrivateKey) -> None:
+def test_failed_connector_listing_removes_nothing(
+    manager_key: rsa.RSAPrivateKey,
+) -> None:
     """When the platform cannot list connectors, workloads stay."""
     platform = MemoryPlatform([connector("c1")])
     orchestrator = MemoryOrchestrator()
@@ -302,7 +319,9 @@ def test_undecryptable_value_blocks_deploy(manager_key: rsa.RSAPrivateKey) -> No
     assert "QUFBQUFBQUFBQUFB" not in pushed
 
 
-def test_undecryptable_value_keeps_running_workload(manager_key: rsa.RSAPrivateKey) -> None:
+def test_undecryptable_value_keeps_running_workload(
+    manager_key: rsa.RSAPrivateKey,
+) -> None:
     """An edit with a broken value does not redeploy: the old workload keeps running."""
     platform = MemoryPlatform([connector()])
     orchestrator = MemoryOrchestrator()

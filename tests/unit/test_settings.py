@@ -109,7 +109,9 @@ def test_invalid_value_names_key_value_and_fix(tmp_path: Path) -> None:
 
 def test_missing_manager_id_reported(tmp_path: Path) -> None:
     """A missing manager id says how to set it."""
-    with pytest.raises(ConfigurationError, match=r"manager\.id is missing.*MANAGER__ID"):
+    with pytest.raises(
+        ConfigurationError, match=r"manager\.id is missing.*MANAGER__ID"
+    ):
         load_settings(tmp_path, {})
 
 
@@ -129,7 +131,7 @@ def test_yaml_must_be_mapping(tmp_path: Path) -> None:
     """A YAML file whose top level is not a mapping is rejected with its path."""
     (tmp_path / "default.yaml").write_text("- a\n- b\n")
 
-    with pytest.raises(ConfigurationError, match="default.yaml must contain a mapping"):
+    with pytest.raises(ConfigurationError, match=r"default\.yaml must contain a map"):
         load_settings(tmp_path, {})
 
 

@@ -27,9 +27,54 @@ def build_docker(
     )
 
 
+def build_kubernetes(
+    manager: ManagerSettings, settings: PlatformSettings, platform: str
+) -> Orchestrator:
+    from xtm_composer.orchestrators.kubernetes import KubernetesOrchestrator
+
+    return KubernetesOrchestrator(
+        settings.daemon.kubernetes,
+        settings.daemon.registry,
+        manager.id,
+        platform,
+        settings_path=f"{platform}.daemon.kubernetes",
+    )
+
+
+def build_portainer(
+    manager: ManagerSettings, settings: PlatformSettings, platform: str
+) -> Orchestrator:
+    from xtm_composer.orchestrators.portainer import PortainerOrchestrator
+
+    return PortainerOrchestrator(
+        settings.daemon.portainer,
+        settings.daemon.registry,
+        manager.id,
+        platform,
+        settings_path=f"{platform}.daemon.portainer",
+    )
+
+
+def build_swarm(
+    manager: ManagerSettings, settings: PlatformSettings, platform: str
+) -> Orchestrator:
+    from xtm_composer.orchestrators.swarm import SwarmOrchestrator
+
+    return SwarmOrchestrator(
+        settings.daemon.swarm,
+        settings.daemon.registry,
+        manager.id,
+        platform,
+        settings_path=f"{platform}.daemon.swarm",
+    )
+
+
 Builder = Callable[[ManagerSettings, PlatformSettings, str], Orchestrator]
 BUILDERS: dict[Selector, Builder] = {
     Selector.DOCKER: build_docker,
+    Selector.PORTAINER: build_portainer,
+    Selector.SWARM: build_swarm,
+    Selector.KUBERNETES: build_kubernetes,
 }
 
 

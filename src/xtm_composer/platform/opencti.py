@@ -61,7 +61,9 @@ class OpenCTIClient:
             }
         }
         data = await self._execute(documents.REGISTER_MANAGER, variables)
-        return str((data.get("registerConnectorsManager") or {}).get("about_version", ""))
+        return str(
+            (data.get("registerConnectorsManager") or {}).get("about_version", "")
+        )
 
     async def ping(self) -> str:
         """Tell the platform the manager is alive; return the platform version."""
@@ -111,8 +113,9 @@ class OpenCTIClient:
                 f"request to {self._endpoint} timed out ({type(error).__name__})"
             ) from error
         except httpx.TransportError as error:
+            reason = shorten(str(error)) or type(error).__name__
             raise PlatformUnavailableError(
-                f"cannot reach {self._endpoint}: {shorten(str(error)) or type(error).__name__}"
+                f"cannot reach {self._endpoint}: {reason}"
             ) from error
         return read_response(self._endpoint, response)
 

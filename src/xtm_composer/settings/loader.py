@@ -149,9 +149,9 @@ def shown_value(path: str, value: Any) -> str:
 
 def lookup(tree: Any, location: tuple[int | str, ...]) -> Any:
     for part in location:
-        if isinstance(tree, Mapping) and part in tree:
-            tree = tree[part]
-        elif isinstance(tree, list) and isinstance(part, int) and part < len(tree):
+        in_mapping = isinstance(tree, Mapping) and part in tree
+        in_list = isinstance(tree, list) and isinstance(part, int) and part < len(tree)
+        if in_mapping or in_list:
             tree = tree[part]
         else:
             return None
