@@ -13,7 +13,7 @@ import docker
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from tests.conftest import Testbed
+from tests.conftest import REFERENCE_DIR, Testbed
 from tests.support.agent import AgentProcess, wait_for, write_manager_key
 from xtm_composer.sandbox.admin import SandboxAdmin
 from xtm_composer.sandbox.catalog import DEFAULT_CATALOG_DIR, load_catalog
@@ -78,7 +78,10 @@ def platform(tmp_path: Path, testbed: Testbed) -> Iterator[Platform]:
     write_catalog_entry(
         extra, "missing-image-test", "opencti/connector-absent", "9.9.9"
     )
-    catalog = load_catalog([DEFAULT_CATALOG_DIR, extra])
+    folders = [DEFAULT_CATALOG_DIR, extra]
+    if (REFERENCE_DIR / "catalog").is_dir():
+        folders.append(REFERENCE_DIR / "catalog")
+    catalog = load_catalog(folders)
     token = secrets.token_urlsafe(24)
     server = SandboxServer(SandboxState(catalog), token=token)
     server.start()

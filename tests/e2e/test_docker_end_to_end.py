@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import secrets
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -275,3 +277,35 @@ def test_sigterm_stops_cleanly(deployment: Deployment) -> None:
     assert 0 == agent.stop()
     assert "Agent stopped" in agent.log_text()
     assert "running" == deployment.container_of(connector_id).status
+
+
+def test_reference_catalog_connector_deploys(
+    deployment: Deployment, reference_dir: Path
+) -> None:
+    """A real catalog entry becomes a running container of its versioned image."""
+    manifest = json.loads(
+        (reference_dir / "catalog/ipinfo/connector_manifest.json").read_text()
+    )
+    image = f"{manifest['container_image']}:{manifest['container_version']}"
+    token = f"ipinfo-{secrets.token_hex(8)}"
+    deployment.secrets.append(token)
+    deployment.start_agent()
+    admin = deployment.platform.admin
+    created = admin.add_connector(
+        "ipinfo", "IPInfo from the catalog", {"IPINFO_TOKEN": token}
+    )
+    admin.request_status(created["id"], "starting")
+
+    wait_for(
+        lambda: sandbox_view(deployment, created["id"])["current_status"] == "started",
+        PULL_TIMEOUT,
+        what="the catalog connector to start",
+    )
+    container = deployment.container_of(created["id"])
+    assert (
+        f"{deployment.testbed.registry}/{image}" == container.attrs["Config"]["Image"]
+    )
+    environment = container_env(container)
+    assert token == environment["IPINFO_TOKEN"]
+    assert "TLP:AMBER" == environment["IPINFO_MAX_TLP"]
+    assert created["id"] == environment["CONNECTOR_ID"]
