@@ -26,7 +26,9 @@ class Backoff:
 
     def next_delay(self) -> float:
         """Return the delay before the next attempt and count this failure."""
-        step = min(self.max_delay, self.initial_delay * 2 ** min(self.attempt, 30))
+        step: float = min(
+            self.max_delay, self.initial_delay * 2.0 ** min(self.attempt, 30)
+        )
         self.attempt += 1
         return step / 2 + self.rng.uniform(0, step / 2)
 

@@ -11,7 +11,12 @@ from pathlib import Path
 
 from xtm_composer import __version__, crypto, logs, registry
 from xtm_composer.orchestrators.factory import UnsupportedOrchestratorError
-from xtm_composer.settings import ConfigurationError, Settings, load_settings
+from xtm_composer.settings import (
+    ConfigurationError,
+    RegistrySettings,
+    Settings,
+    load_settings,
+)
 
 EXIT_USAGE = 2
 
@@ -117,7 +122,7 @@ def resolve_image_command(settings: Settings, image: str, platform: str) -> int:
 
 
 def credentials_verdict(
-    resolved: registry.ResolvedImage, configured: registry.RegistrySettings | None
+    resolved: registry.ResolvedImage, configured: RegistrySettings | None
 ) -> str:
     if resolved.send_credentials:
         return "sent"
