@@ -69,27 +69,12 @@ def build_swarm(
     )
 
 
-def build_kubernetes(
-    manager: ManagerSettings, settings: PlatformSettings, platform: str
-) -> Orchestrator:
-    from xtm_composer.orchestrators.kubernetes import KubernetesOrchestrator
-
-    return KubernetesOrchestrator(
-        settings.daemon.kubernetes,
-        settings.daemon.registry,
-        manager.id,
-        platform,
-        settings_path=f"{platform}.daemon.kubernetes",
-    )
-
-
 Builder = Callable[[ManagerSettings, PlatformSettings, str], Orchestrator]
 BUILDERS: dict[Selector, Builder] = {
     Selector.DOCKER: build_docker,
     Selector.KUBERNETES: build_kubernetes,
     Selector.PORTAINER: build_portainer,
     Selector.SWARM: build_swarm,
-    Selector.KUBERNETES: build_kubernetes,
 }
 
 
