@@ -200,8 +200,12 @@ class Reconciler:
         )
         _, still_running = await asyncio.wait(pending, timeout=timeout)
         if still_running:
+            # Engine calls run in threads and cannot be interrupted halfway: the
+            # reporting that follows them is dropped, but an engine call itself
+            # (a pull, a create with its labels) completes before the process exits.
             log.warning(
-                "Abandoning in-flight operations at shutdown",
+                "In-flight operations outlived the shutdown timeout; their "
+                "results will not be reported",
                 count=len(still_running),
                 connector_ids=sorted(
                     t.get_name().removeprefix("reconcile-") for t in still_running
