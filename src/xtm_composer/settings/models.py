@@ -124,6 +124,8 @@ class Orchestrator(StrEnum):
 
 # Imported here, not at the top: the Kubernetes settings subclass `Section`.
 from xtm_composer.settings.kubernetes import KubernetesSettings  # noqa: E402
+from xtm_composer.settings.portainer import PortainerSettings  # noqa: E402
+from xtm_composer.settings.swarm import SwarmSettings  # noqa: E402
 
 
 class DaemonSettings(Section):
@@ -131,8 +133,8 @@ class DaemonSettings(Section):
     registry: RegistrySettings | None = None
     docker: DockerSettings = DockerSettings()
     kubernetes: KubernetesSettings = KubernetesSettings()
-    portainer: dict[str, Any] = Field(default_factory=dict)
-    swarm: dict[str, Any] = Field(default_factory=dict)
+    portainer: PortainerSettings = PortainerSettings()
+    swarm: SwarmSettings = SwarmSettings()
 
 
 class PlatformSettings(Section):
