@@ -12,8 +12,8 @@
 #
 # When XTM_KUBE_CACHE contains all four binaries, built by the current steps, the
 # script returns at once. A cold build with Go 1.19 took 345 s on an idle 2-core
-# VM and 565 s on the same VM under other load. It must run as root, because it installs Debian packages and adds a deb-src
-# entry to apt.
+# VM and 565 s on the same VM under other load. It must run as root, because it
+# installs Debian packages and adds a deb-src entry to apt.
 set -euo pipefail
 . "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
