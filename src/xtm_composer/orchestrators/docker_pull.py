@@ -55,14 +55,7 @@ def pull_image(
 ) -> None:
     """Pull `image.reference`, with the registry credentials when the image allows."""
     repository, tag = docker.utils.parse_repository_tag(image.reference)
-    headers = {}
-    if image.send_credentials:
-        if registry is None or not registry.has_credentials:
-            raise OrchestratorError(
-                f"the image {image.reference} needs registry credentials, "
-                "but none are configured"
-            )
-        headers["X-Registry-Auth"] = registry_auth_header(registry)
+    headers = registry_auth_headers(image, registry)
 
     url = f"{api.base_url}/v{api.api_version}/images/create"
     # An empty tag would pull every tag of the repository.
@@ -86,6 +79,20 @@ def pull_image(
             f"the connection to the Docker Engine failed during the pull of "
             f"{image.reference}: {error}; check that dockerd is running"
         ) from error
+
+
+def registry_auth_headers(
+    image: ResolvedImage, registry: RegistrySettings | None
+) -> dict[str, str]:
+    """Return the `X-Registry-Auth` header when the image allows credentials."""
+    if not image.send_credentials:
+        return {}
+    if registry is None or not registry.has_credentials:
+        raise OrchestratorError(
+            f"the image {image.reference} needs registry credentials, "
+            "but none are configured"
+        )
+    return {"X-Registry-Auth": registry_auth_header(registry)}
 
 
 def response_message(response: requests.Response) -> str:
