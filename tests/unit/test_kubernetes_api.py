@@ -161,6 +161,35 @@ def test_unreadable_kubeconfig(tmp_path: Path) -> None:
     assert str(path) in str(caught.value)
 
 
+def test_missing_kubeconfig_file(tmp_path: Path) -> None:
+    """A configured kubeconfig that does not exist is named with the fix."""
+    path = tmp_path / "absent"
+
+    with pytest.raises(ConfigurationError) as caught:
+        kubernetes_api.connect(
+            KubernetesSettings(kubeconfig=path), SETTINGS_PATH, environ={}
+        )
+
+    assert f"kubeconfig file {path} not found" in str(caught.value)
+    assert "opencti.daemon.kubernetes.kubeconfig" in str(caught.value)
+
+
+def test_kubeconfig_list_skips_missing(tmp_path: Path) -> None:
+    """A KUBECONFIG list works when one of its files exists."""
+    path = write_kubeconfig(tmp_path / "config", namespace="listed")
+    listed = f"{tmp_path / 'absent'}:{path}"
+
+    connection = kubernetes_api.connect(
+        KubernetesSettings(),
+        SETTINGS_PATH,
+        environ={"KUBECONFIG": listed},
+        service_account_dir=tmp_path / "absent-account",
+        home=tmp_path,
+    )
+
+    assert connection.namespace == "listed"
+
+
 def test_client_retries_bounded(tmp_path: Path) -> None:
     """An unreachable apiserver is not retried three times per request."""
     path = write_kubeconfig(tmp_path / "config", namespace=None)

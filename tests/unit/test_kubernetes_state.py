@@ -200,12 +200,16 @@ def test_first_exit_is_not_reboot_loop() -> None:
 def test_fresh_run_after_restart_is_reboot_loop() -> None:
     """A run that began seconds after a restart still counts as a loop."""
     workload = workload_of(
-        deployment(), [pod(running("2026-01-01T11:59:30Z"), restart_count=4)]
+        deployment(),
+        [pod(running("2026-01-01T11:59:30Z"), restart_count=4, last_state=exited(1))],
     )
 
     assert workload.status == WorkloadStatus.STARTED
     assert workload.in_reboot_loop is True
     assert workload.restart_count == 4
+    assert workload.problem == (
+        "the container keeps restarting (4 restarts, last run: exit code 1 (Error))"
+    )
 
 
 def test_long_run_after_restart_is_healthy() -> None:

@@ -129,7 +129,7 @@ def connect(
         if not default.is_file():
             raise ConfigurationError(
                 "no Kubernetes configuration found: the agent does not run in a "
-                f"pod, KUBECONFIG is not set and {default} does not exist; set "
+                f"pod, KUBECONFIG is not set and {default} does not exist. Set "
                 f"{settings_path}.kubeconfig to a kubeconfig file"
             )
         kubeconfig = str(default)
@@ -146,6 +146,13 @@ def in_cluster(environ: Mapping[str, str], service_account_dir: Path) -> bool:
 def from_kubeconfig(
     path: str, settings: KubernetesSettings, settings_path: str
 ) -> Connection:
+    # KUBECONFIG may list several files, and missing ones are skipped as
+    # kubectl does; the client's own message for none is unclear.
+    if not any(Path(part).is_file() for part in path.split(os.pathsep) if part):
+        raise ConfigurationError(
+            f"kubeconfig file {path} not found. Set {settings_path}.kubeconfig "
+            "to an existing kubeconfig file"
+        )
     configuration = client.Configuration()
     try:
         config.load_kube_config(  # type: ignore[no-untyped-call]
@@ -158,7 +165,7 @@ def from_kubeconfig(
         )
     except KUBECONFIG_ERRORS as error:
         raise ConfigurationError(
-            f"cannot use the kubeconfig {path}: {error}; fix the file or set "
+            f"cannot use the kubeconfig {path} ({error}). Fix the file or set "
             f"{settings_path}.kubeconfig to another one"
         ) from None
     context_namespace = (current_context or {}).get("context", {}).get("namespace")
@@ -181,7 +188,7 @@ def from_service_account(
         loader.load_and_set(configuration)  # type: ignore[no-untyped-call]
     except (ConfigException, OSError) as error:
         raise ConfigurationError(
-            f"cannot use the in-cluster Kubernetes configuration: {error}; check "
+            f"cannot use the in-cluster Kubernetes configuration ({error}). Check "
             f"the pod's service account token in {service_account_dir}"
         ) from None
     namespace = settings.namespace or read_namespace_file(service_account_dir)

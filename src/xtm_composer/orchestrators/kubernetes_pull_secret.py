@@ -30,8 +30,10 @@ logger = get_logger(__name__)
 
 SECRET_NAME = "opencti-registry-auth"
 SECRET_TYPE = "kubernetes.io/dockerconfigjson"
-SECRET_VERBS = ("get", "list", "create", "delete")
-"""The verbs on `secrets` that the shipped Role grants for this Secret."""
+SECRET_VERBS = ("get", "create", "delete")
+"""The verbs on `secrets` that this module uses. `list` is not among them, so the
+shipped Role does not grant it: listing would expose every Secret of the
+namespace."""
 
 FORBIDDEN = 403
 NOT_FOUND = 404

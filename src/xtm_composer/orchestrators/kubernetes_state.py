@@ -108,6 +108,10 @@ def workload_from_deployment(
         if pod is not None and pull_errors:
             pull_error = pull_errors.get(pod_uid(pod))
         problem = describe_problem(deployment, pod, container, pull_error)
+    if in_loop and problem is None and container is not None:
+        # The container runs again after a crash, so its last run gives the reason.
+        details = [f"{restart_count} restarts", last_exit(container)]
+        problem = f"the container keeps restarting ({', '.join(filter(None, details))})"
 
     return Workload(
         connector_id=connector_id,
