@@ -5,22 +5,12 @@ replica while it runs and none while it is stopped. The manager, platform and
 connector id labels sit on the Deployment, its selector and its pod template.
 The contract hash changes with every contract, so it is an annotation
 (`opencti-contract-hash`), not a label: a selector is immutable and must not
-depend on it. How the manifest is built and merged with the operator's base
-Deployment is described in `kubernetes_manifest`, how status is derived from
-pods in `kubernetes_state`, and the pull Secret in `kubernetes_pull_secret`.
-
-A Deployment is changed or deleted only after a read shows this manager, this
-platform and the expected connector id in its labels.
-
-Updates are JSON merge patches (RFC 7386) without `spec.selector`. A merge
-patch replaces lists wholesale, so the container, its env and the pull Secrets
-end up exactly as generated. A strategic merge patch would merge `env` by name
-and keep the variables that a new contract dropped. When the apiserver rejects a
-patch with 422 because the selector is immutable or no longer matches the pod
-template (a Deployment written by another version, say), the Deployment is
-deleted and created again. Deletes use the `Background` propagation policy: the
-Deployment disappears at once, so its name is free for the new one, and the
-garbage collector removes its ReplicaSets and pods afterwards.
+depend on it. Where the details live:
+- `kubernetes_manifest`: the manifest and how the base Deployment merges in;
+- `kubernetes_deployments`: ownership checks, patches, recreation and deletes;
+- `kubernetes_state`: status, health and problems from the pods;
+- `kubernetes_pull_secret`: the `opencti-registry-auth` pull Secret;
+- `kubernetes_api`: cluster and namespace resolution, error translation.
 """
 
 from __future__ import annotations
@@ -30,7 +20,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -55,6 +45,7 @@ from xtm_composer.orchestrators.kubernetes_api import (
     api_errors,
     connect,
 )
+from xtm_composer.orchestrators.kubernetes_deployments import DeploymentStore
 from xtm_composer.orchestrators.kubernetes_pull_secret import (
     SECRET_NAME,
     PullSecretManager,
@@ -68,10 +59,6 @@ logger = get_logger(__name__)
 BAD_REQUEST = 400
 FORBIDDEN = 403
 NOT_FOUND = 404
-CONFLICT = 409
-UNPROCESSABLE = 422
-
-MERGE_PATCH = "application/merge-patch+json"
 LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 
 
@@ -121,6 +108,7 @@ class KubernetesOrchestrator:
 
         self.connection = connection or connect(settings, settings_path)
         self.namespace = self.connection.namespace
+        self.deployments = DeploymentStore(self.connection, manager_id, platform)
         self.apps = client.AppsV1Api(self.connection.api_client)
         self.core = client.CoreV1Api(self.connection.api_client)
         self._events_readable = True
@@ -190,7 +178,7 @@ class KubernetesOrchestrator:
             **self._fields(spec.connector_id, spec.name),
             image=spec.image.reference,
         )
-        deployment = self._create_or_update(spec, manifest)
+        deployment = self.deployments.create_or_update(spec, manifest)
         return self._workload(deployment)
 
     def redeploy(self, spec: WorkloadSpec, current: Workload) -> Workload:
@@ -209,13 +197,13 @@ class KubernetesOrchestrator:
             image=spec.image.reference,
         )
         if current.name == spec.name:
-            live = self._read_owned(spec.name, spec.connector_id)
+            live = self.deployments.read_owned(spec.name, spec.connector_id)
             if live is None:
-                deployment = self._create_or_update(spec, manifest)
+                deployment = self.deployments.create_or_update(spec, manifest)
             else:
-                deployment = self._update(spec, manifest, live)
+                deployment = self.deployments.update(spec, manifest, live)
         else:
-            deployment = self._create_or_update(spec, manifest)
+            deployment = self.deployments.create_or_update(spec, manifest)
             self.remove(current)
         return self._workload(deployment)
 
@@ -228,14 +216,14 @@ class KubernetesOrchestrator:
     def remove(self, workload: Workload) -> None:
         """Delete the Deployment, leaving its ReplicaSets and pods to the garbage
         collector."""
-        live = self._read_owned(workload.name, workload.connector_id)
+        live = self.deployments.read_owned(workload.name, workload.connector_id)
         if live is None:
             logger.info(
                 "Connector Deployment already removed",
                 **self._fields(workload.connector_id, workload.name),
             )
             return
-        self._delete(live)
+        self.deployments.delete(live)
         logger.info(
             "Removed connector", **self._fields(workload.connector_id, workload.name)
         )
@@ -297,73 +285,9 @@ class KubernetesOrchestrator:
         )
         return manifests.build_deployment(spec, labels, self.options)
 
-    def _create_or_update(
-        self, spec: WorkloadSpec, manifest: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Create the Deployment, or update a leftover of the same connector."""
-        try:
-            return self._create(spec, manifest)
-        except KubernetesApiError as error:
-            if error.status != CONFLICT:
-                raise
-        live = self._read_owned(spec.name, spec.connector_id)
-        if live is None:
-            raise OrchestratorError(
-                f"Deployment {spec.name} existed and then vanished while it was "
-                "created; a later cycle will retry"
-            )
-        logger.warning(
-            "Updating a leftover Deployment of the connector",
-            **self._fields(spec.connector_id, spec.name),
-        )
-        return self._update(spec, manifest, live)
-
-    def _create(self, spec: WorkloadSpec, manifest: dict[str, Any]) -> dict[str, Any]:
-        with self._api_errors(f"create Deployment {spec.name}", spec):
-            response: Any = self.apps.create_namespaced_deployment(
-                self.namespace,
-                cast(Any, manifest),
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        return dict(json.loads(response.data))
-
-    def _update(
-        self, spec: WorkloadSpec, manifest: dict[str, Any], live: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Patch the Deployment, or recreate it when its selector rejects the patch."""
-        body = manifests.patch_body(manifest, live)
-        try:
-            return self._patch(spec.name, body, spec)
-        except KubernetesApiError as error:
-            if error.status != UNPROCESSABLE or not error.selector_conflict:
-                raise
-            logger.warning(
-                "Recreating the Deployment: its selector does not match the "
-                "generated labels",
-                **self._fields(spec.connector_id, spec.name),
-                error=str(error),
-            )
-        self._delete(live)
-        return self._create(spec, manifest)
-
-    def _patch(
-        self, name: str, body: dict[str, Any], spec: WorkloadSpec | None = None
-    ) -> dict[str, Any]:
-        with self._api_errors(f"update Deployment {name}", spec):
-            response: Any = self.apps.patch_namespaced_deployment(
-                name,
-                self.namespace,
-                body,
-                _content_type=MERGE_PATCH,
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        return dict(json.loads(response.data))
-
     def _scale(self, workload: Workload, replicas: int) -> None:
         fields = self._fields(workload.connector_id, workload.name)
-        live = self._read_owned(workload.name, workload.connector_id)
+        live = self.deployments.read_owned(workload.name, workload.connector_id)
         if live is None:
             raise OrchestratorError(
                 f"Deployment {workload.name} of connector {workload.connector_id} "
@@ -374,57 +298,8 @@ class KubernetesOrchestrator:
                 "Connector Deployment already scaled", **fields, replicas=replicas
             )
             return
-        self._patch(workload.name, {"spec": {"replicas": replicas}})
+        self.deployments.patch(workload.name, {"spec": {"replicas": replicas}})
         logger.info("Started connector" if replicas else "Stopped connector", **fields)
-
-    def _delete(self, live: Mapping[str, Any]) -> None:
-        metadata = live["metadata"]
-        options = {
-            "propagationPolicy": "Background",
-            # The uid precondition makes sure the checked object is the one deleted.
-            "preconditions": {"uid": metadata["uid"]},
-        }
-        try:
-            with self._api_errors(f"delete Deployment {metadata['name']}"):
-                self.apps.delete_namespaced_deployment(
-                    metadata["name"],
-                    self.namespace,
-                    body=cast(Any, options),
-                    _request_timeout=REQUEST_TIMEOUT,
-                )
-        except KubernetesApiError as error:
-            if error.status != NOT_FOUND:
-                raise
-
-    def _read_owned(self, name: str, connector_id: str) -> dict[str, Any] | None:
-        """Read a Deployment and check its labels, or return None when it is absent."""
-        try:
-            with self._api_errors(f"read Deployment {name}"):
-                response: Any = self.apps.read_namespaced_deployment(
-                    name,
-                    self.namespace,
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT,
-                )
-        except KubernetesApiError as error:
-            if error.status == NOT_FOUND:
-                return None
-            raise
-        live: dict[str, Any] = json.loads(response.data)
-        labels = live.get("metadata", {}).get("labels") or {}
-        if not self._owns(labels, connector_id):
-            raise OrchestratorError(
-                f"Deployment {name} does not belong to connector {connector_id} "
-                f"({describe_owner(labels)}); it was left untouched"
-            )
-        return live
-
-    def _owns(self, labels: Mapping[str, str], connector_id: str) -> bool:
-        return (
-            labels.get(MANAGER_LABEL) == self.manager_id
-            and labels.get(PLATFORM_LABEL) == self.platform
-            and labels.get(CONNECTOR_ID_LABEL) == connector_id
-        )
 
     def _list(self, method: Any, selector: str) -> list[dict[str, Any]]:
         response = method(
@@ -497,17 +372,6 @@ class KubernetesOrchestrator:
 
 def label_selector(labels: Mapping[str, str]) -> str:
     return ",".join(f"{key}={value}" for key, value in labels.items())
-
-
-def describe_owner(labels: Mapping[str, str]) -> str:
-    """Name the manager, platform and connector a Deployment's labels point to."""
-    if CONNECTOR_ID_LABEL not in labels:
-        return "it has no connector id label"
-    return (
-        f"labels: connector id {labels.get(CONNECTOR_ID_LABEL)!r}, "
-        f"manager {labels.get(MANAGER_LABEL)!r}, "
-        f"platform {labels.get(PLATFORM_LABEL)!r}"
-    )
 
 
 def split_log_lines(raw: bytes) -> list[str]:
