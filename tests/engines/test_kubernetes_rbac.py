@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, utils
 
 from tests import conftest
 from tests.engines.conftest import (
@@ -193,3 +193,33 @@ def test_user_without_rights(
     assert errors[0]["missing_permissions"] == "get, create, delete on secrets"
     assert credentials.password is not None
     assert credentials.password.get_secret_value() not in json.dumps(log_lines())
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "namespace.yaml",
+        "serviceaccount.yaml",
+        "role.yaml",
+        "rolebinding.yaml",
+        "configmap.yaml",
+        "secret.yaml",
+        "deployment.yaml",
+    ],
+)
+def test_shipped_manifest_accepted(
+    kube_admin: client.ApiClient, kube_namespace: str, name: str
+) -> None:
+    """The apiserver accepts each shipped manifest (server-side dry run)."""
+    manifest = yaml.safe_load((DEPLOY_DIR / name).read_text())
+    if manifest["kind"] == "Namespace":
+        manifest["metadata"]["name"] = f"{kube_namespace}-dry-run"
+    else:
+        manifest = load_manifest(name, kube_namespace)
+    namespace = None if manifest["kind"] == "Namespace" else kube_namespace
+
+    created = utils.create_from_dict(
+        kube_admin, manifest, namespace=namespace, dry_run="All"
+    )
+
+    assert [item.metadata.name for item in created] == [manifest["metadata"]["name"]]

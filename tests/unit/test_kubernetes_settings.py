@@ -11,7 +11,8 @@ import yaml
 from xtm_composer.settings import ConfigurationError, load_settings
 from xtm_composer.settings.kubernetes import KubernetesSettings
 
-REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_CONFIG = REPO_ROOT / "config"
 
 
 def load_kubernetes(
@@ -45,6 +46,20 @@ def test_shipped_defaults_match_model() -> None:
     shipped = load_settings(REPO_CONFIG, {}).opencti.daemon.kubernetes
 
     assert KubernetesSettings().model_dump() == shipped.model_dump()
+
+
+def test_shipped_configmap_loads(tmp_path: Path) -> None:
+    """The configuration in deploy/kubernetes/configmap.yaml is valid."""
+    configmap = yaml.safe_load(
+        (REPO_ROOT / "deploy" / "kubernetes" / "configmap.yaml").read_text()
+    )
+    (tmp_path / "production.yaml").write_text(configmap["data"]["production.yaml"])
+
+    settings = load_settings(tmp_path, {"COMPOSER_ENV": "production"})
+
+    assert settings.opencti.enable is True
+    assert settings.opencti.daemon.selector == "kubernetes"
+    assert settings.opencti.daemon.kubernetes.namespace is None
 
 
 def test_empty_reference_base_deployment(tmp_path: Path) -> None:
