@@ -229,3 +229,10 @@ def test_pinned_image_keeps_digest() -> None:
     image = ResolvedImage(IMAGE, "registry.example.com", send_credentials=False)
 
     assert IMAGE == swarm_api.pinned_image(None, image, None)  # type: ignore[arg-type]
+
+
+def test_empty_options_pass_any_version() -> None:
+    """An empty list or a false flag changes nothing, so old engines take it."""
+    settings = SwarmSettings(cap_add=[], sysctls={}, init=False)
+
+    assert [] == swarm_spec.unsupported_options(settings, "1.30")

@@ -47,7 +47,8 @@ def unsupported_options(settings: SwarmSettings, api_version: str) -> list[str]:
     """Return a sentence per set option that the engine's API version ignores."""
     problems = []
     for name, needed in OPTION_API_VERSIONS.items():
-        if getattr(settings, name) is not None and version_lt(api_version, needed):
+        # An empty list or a false flag changes nothing, so any engine takes it.
+        if getattr(settings, name) and version_lt(api_version, needed):
             problems.append(
                 f"{SETTINGS_PREFIX}.{name} needs Docker Engine API {needed}, but the "
                 f"engine serves {api_version}"
