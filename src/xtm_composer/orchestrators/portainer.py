@@ -109,6 +109,12 @@ class PortainerOrchestrator:
                     "(the number in the environment's address in Portainer)"
                 ) from None
 
+        if self.settings.unsecured_certificate:
+            logger.warning(
+                "TLS certificate verification of Portainer is off",
+                orchestrator=self.name,
+                setting=f"{self.settings_path}.unsecured_certificate",
+            )
         ignored = sorted(self.settings.model_extra or {})
         if ignored:
             logger.warning(
