@@ -16,6 +16,7 @@ in `image_pull_secrets`.
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any, cast
 
 from kubernetes import client
@@ -23,7 +24,7 @@ from kubernetes.client.exceptions import ApiException
 
 from xtm_composer import registry
 from xtm_composer.logs import get_logger
-from xtm_composer.orchestrators.kubernetes_api import api_error_message
+from xtm_composer.orchestrators.kubernetes_api import api_error_message, mask_values
 from xtm_composer.settings import RegistrySettings
 
 logger = get_logger(__name__)
@@ -57,6 +58,8 @@ class PullSecretManager:
         self.namespace = namespace
         self.owner_labels = owner_labels
         self.request_timeout = request_timeout
+        # Values that an apiserver message must not carry into a log line.
+        self._secret_values: tuple[str, ...] = ()
 
     def replace(self, settings: RegistrySettings) -> bool:
         """Delete and create the Secret; return whether it now exists.
@@ -131,12 +134,18 @@ class PullSecretManager:
 
     def _create(self, settings: RegistrySettings) -> None:
         document = registry.docker_config_json(settings).encode()
+        encoded = base64.b64encode(document).decode()
+        self._secret_values = (
+            settings.password.get_secret_value() if settings.password else "",
+            json.loads(document)["auths"][registry.auth_key(settings.server)]["auth"],
+            encoded,
+        )
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {"name": SECRET_NAME, "labels": dict(self.owner_labels)},
             "type": SECRET_TYPE,
-            "data": {".dockerconfigjson": base64.b64encode(document).decode()},
+            "data": {".dockerconfigjson": encoded},
         }
         try:
             self._post(body)
@@ -176,7 +185,7 @@ class PullSecretManager:
             **LOG_FIELDS,
             namespace=self.namespace,
             status=error.status,
-            error=api_error_message(error),
+            error=mask_values(api_error_message(error), self._secret_values),
         )
         return True
 
