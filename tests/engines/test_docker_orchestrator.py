@@ -627,3 +627,23 @@ def raw_status(proxy: DockerProxy, path: str, headers: dict[str, str]) -> int:
         client.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
         status_line = client.makefile("rb").readline().decode()
     return int(status_line.split()[1])
+
+
+def test_docker_config_proxies_do_not_leak(
+    make_orchestrator: Callable[..., DockerOrchestrator],
+    make_spec: Callable[..., WorkloadSpec],
+    engine: docker.DockerClient,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Proxies of the agent's Docker client config never reach connectors."""
+    (tmp_path / "config.json").write_text(
+        '{"proxies": {"default": {"httpProxy": "http://127.0.0.1:9"}}}'
+    )
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    orchestrator = make_orchestrator()
+
+    workload = orchestrator.deploy(make_spec(connector_name="Config check"))
+
+    environment = engine.containers.get(workload.name).attrs["Config"]["Env"]
+    assert not [item for item in environment if "proxy" in item.lower()]

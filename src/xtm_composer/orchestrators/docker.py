@@ -260,6 +260,9 @@ class DockerOrchestrator:
                     labels=labels,
                     host_config=host_config,
                     detach=True,
+                    # Proxies of the agent's ~/.docker/config.json must not leak
+                    # into connectors: proxy variables come from the settings.
+                    use_config_proxy=False,
                 )
             except docker.errors.APIError as error:
                 if error.status_code != requests.codes.conflict:
