@@ -135,6 +135,8 @@ class KubernetesOrchestrator:
             REQUEST_TIMEOUT,
         )
         names = list(self.settings.pull_secret_names)
+        # NOTE: a Secret that could not be written for lack of permission is not
+        # tried again until the agent restarts; the error log says what to grant.
         with self._api_errors("write the imagePullSecret", unavailable=True):
             if self.registry is not None and self.registry.has_credentials:
                 if secrets.replace(self.registry):

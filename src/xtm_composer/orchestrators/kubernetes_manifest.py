@@ -98,6 +98,10 @@ def generated_layer(
     spec: WorkloadSpec, labels: dict[str, str], options: ManifestOptions
 ) -> dict[str, Any]:
     annotations = {CONTRACT_HASH_KEY: spec.contract_hash}
+    # NOTE: env values, decrypted sensitive ones included, are stored in the pod
+    # template, so whoever may read Deployments in the namespace can read them.
+    # A per-connector Secret with `envFrom` would avoid it, at the cost of more
+    # Secret rights for the agent.
     container: dict[str, Any] = {
         "name": spec.name,
         "image": spec.image.reference,
