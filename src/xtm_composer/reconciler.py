@@ -240,7 +240,7 @@ class Reconciler:
         if needs_deploy or needs_redeploy:
             workload = await self._apply_contract(connector, workload, track)
         elif workload is not None:
-            workload = await self._align_running_state(connector, workload)
+            await self._align_running_state(connector, workload)
 
         await self._report(connector, workload, track)
 
@@ -311,7 +311,13 @@ class Reconciler:
 
     async def _align_running_state(
         self, connector: ManagedConnector, workload: Workload
-    ) -> Workload:
+    ) -> None:
+        """Start or stop the workload to match the requested status.
+
+        The status reported to the platform stays the one the engine showed:
+        a start request is not a running connector (a pod may be unable to
+        pull its image), so the next listing tells whether it worked.
+        """
         try:
             if (
                 connector.wants_running
@@ -322,7 +328,7 @@ class Reconciler:
                     "Starting connector", connector_id=connector.id, name=workload.name
                 )
                 await asyncio.to_thread(self._orchestrator.start, workload)
-                return replace_status(workload, WorkloadStatus.STARTED)
+                return
             if not connector.wants_running and (
                 workload.status is WorkloadStatus.STARTED or workload.in_reboot_loop
             ):
@@ -330,7 +336,6 @@ class Reconciler:
                     "Stopping connector", connector_id=connector.id, name=workload.name
                 )
                 await asyncio.to_thread(self._orchestrator.stop, workload)
-                return replace_status(workload, WorkloadStatus.STOPPED)
         except OrchestratorError as error:
             log.error(
                 "Cannot change the connector's state",
@@ -338,7 +343,6 @@ class Reconciler:
                 name=workload.name,
                 error=logs.mask_secrets(str(error)),
             )
-        return workload
 
     def deployment_hash(self, connector: ManagedConnector) -> str:
         """Return the contract hash, extended by the proxy settings when set."""
@@ -483,12 +487,6 @@ def index_workloads(workloads: list[Workload]) -> dict[str, Workload]:
                 ignored=workload.name,
             )
     return by_connector
-
-
-def replace_status(workload: Workload, status: WorkloadStatus) -> Workload:
-    from dataclasses import replace
-
-    return replace(workload, status=status)
 
 
 def due(last: float | None, interval: float, now: float) -> bool:

@@ -45,6 +45,7 @@ class MemoryOrchestrator:
         self.fail_deploy: Exception | None = None
         self.hold_deploy: dict[str, threading.Event] = {}
         self.log_lines: list[str] = ["line 1", "line 2"]
+        self.start_has_no_effect = False
 
     def prepare(self) -> None:
         pass
@@ -79,6 +80,8 @@ class MemoryOrchestrator:
 
     def start(self, workload: Workload) -> None:
         self.calls.append(("start", workload.connector_id))
+        if self.start_has_no_effect:
+            return
         self.workloads[workload.connector_id] = replace(
             workload, status=WorkloadStatus.STARTED
         )
@@ -235,7 +238,7 @@ def test_rename_redeploys(manager_key: rsa.RSAPrivateKey) -> None:
 
 
 def test_stop_and_start_follow_request(manager_key: rsa.RSAPrivateKey) -> None:
-    """Requested stopping stops a started workload, starting starts it again."""
+    """Stopping and starting follow the request; the next listing reports them."""
     platform = MemoryPlatform([connector()])
     orchestrator = MemoryOrchestrator()
     reconciler = make_reconciler(platform, orchestrator, manager_key)
@@ -249,11 +252,32 @@ def test_stop_and_start_follow_request(manager_key: rsa.RSAPrivateKey) -> None:
         replace(platform.connectors[0], requested_status=RequestedStatus.STARTING)
     ]
     asyncio.run(run_cycle(reconciler))
+    asyncio.run(run_cycle(reconciler))
 
     assert [("stop", "c1"), ("start", "c1")] == orchestrator.calls[1:]
     assert [CurrentStatus.STARTED, CurrentStatus.STOPPED, CurrentStatus.STARTED] == [
         status for _, status in platform.statuses
     ]
+
+
+def test_start_without_effect_not_reported_started(
+    manager_key: rsa.RSAPrivateKey,
+) -> None:
+    """A start request the engine cannot fulfil leaves the connector stopped."""
+    platform = MemoryPlatform([connector(requested=RequestedStatus.STOPPING)])
+    orchestrator = MemoryOrchestrator()
+    orchestrator.start_has_no_effect = True
+    reconciler = make_reconciler(platform, orchestrator, manager_key)
+    asyncio.run(run_cycle(reconciler))
+
+    platform.connectors = [
+        replace(platform.connectors[0], requested_status=RequestedStatus.STARTING)
+    ]
+    for _ in range(3):
+        asyncio.run(run_cycle(reconciler))
+
+    assert 3 == orchestrator.calls.count(("start", "c1"))
+    assert [("c1", CurrentStatus.STOPPED)] == platform.statuses
 
 
 def test_deleted_connector_removed(manager_key: rsa.RSAPrivateKey) -> None:
