@@ -14,6 +14,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests.conftest import REFERENCE_DIR, Testbed
+from tests.engines.conftest import (  # noqa: F401 (fixtures shared with engine tests)
+    kube_admin,
+    kube_namespace,
+    kubernetes_testbed,
+)
 from tests.support.agent import AgentProcess, wait_for, write_manager_key
 from xtm_composer.sandbox.admin import SandboxAdmin
 from xtm_composer.sandbox.catalog import DEFAULT_CATALOG_DIR, load_catalog
