@@ -16,7 +16,7 @@ container. The restart policy is `unless-stopped`, for the reasons given in
 the Docker adapter: the engine restarts a crashed connector and counts the
 restarts, and a stopped connector stays stopped.
 
-Logs are read with `portainer_logs`, which takes the 8-byte frame headers out
+Logs are read with `docker_logs`, which takes the 8-byte frame headers out
 of Docker's multiplexed stdout and stderr stream and keeps a long line whole
 even when a line of the other stream comes in the middle of it.
 """
@@ -41,7 +41,7 @@ from xtm_composer.orchestrators import (
     docker_pull,
     docker_state,
     portainer_engine,
-    portainer_logs,
+    docker_logs,
 )
 from xtm_composer.orchestrators.base import (
     CA_BUNDLE_PATH,
@@ -219,7 +219,7 @@ class PortainerOrchestrator:
             return []
         data = self._owned_container(workload)
         with self._engine.errors(f"read the logs of container {workload.name}"):
-            return portainer_logs.fetch_logs(
+            return docker_logs.fetch_logs(
                 self._engine.api,
                 data["Id"],
                 max_lines,

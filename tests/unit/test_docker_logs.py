@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from xtm_composer.orchestrators.portainer_logs import demultiplex_lines, split_lines
+from xtm_composer.orchestrators.docker_logs import demultiplex_lines, split_lines
 
 STDOUT = 1
 STDERR = 2
