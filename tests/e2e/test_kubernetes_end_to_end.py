@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.stream import stream
 
 from tests.e2e.conftest import EXECUTE_SCHEDULE, Deployment
 from tests.engines.conftest import KubernetesTestbed
 from tests.support.agent import AgentProcess, wait_for
+from tests.support.certificates import certificate_pem
 
 pytestmark = pytest.mark.kubernetes
 
@@ -205,3 +208,59 @@ def test_wrong_registry_password_on_kubernetes(
     )
     assert "started" != reported["current_status"]
     assert agent.running
+
+
+def test_proxy_settings_reach_the_pod(
+    deployment: Deployment,
+    kubernetes_testbed: KubernetesTestbed,
+    kube_namespace: str,
+    kube_admin: client.ApiClient,
+    tmp_path: Path,
+) -> None:
+    """A connector pod gets the proxy variables and reads the CA bundle at its path."""
+    ca_pem = certificate_pem()
+    ca_file = tmp_path / "proxy-ca.pem"
+    ca_file.write_text(ca_pem)
+    proxy_url = "http://127.0.0.1:3128"
+    deployment.start_agent(
+        OPENCTI__WITH_PROXY="true",
+        OPENCTI__HTTP_PROXY=proxy_url,
+        OPENCTI__HTTPS_PROXY=proxy_url,
+        # The agent itself reaches the stand-in directly; connectors get the proxy.
+        OPENCTI__NO_PROXY="127.0.0.0/8",
+        OPENCTI__HTTPS_PROXY_CA=f'["{ca_file}"]',
+        **kubernetes_overrides(kubernetes_testbed, kube_namespace),
+    )
+    connector_id = add_connector(deployment, "Proxied kube connector")
+    wait_for(
+        lambda: view(deployment, connector_id)["current_status"] == "started",
+        START_TIMEOUT,
+        what="the proxied connector to start",
+    )
+
+    core = client.CoreV1Api(kube_admin)
+    (pod,) = core.list_namespaced_pod(
+        kube_namespace, label_selector=f"opencti-connector-id={connector_id}"
+    ).items
+    (container,) = pod.spec.containers
+    environment = {item.name: item.value for item in container.env}
+    assert proxy_url == environment["HTTPS_PROXY"]
+    assert proxy_url == environment["http_proxy"]
+    assert "/etc/ssl/certs/xtm-proxy-ca.crt" == environment["SSL_CERT_FILE"]
+    assert "NODE_TLS_REJECT_UNAUTHORIZED" not in environment
+    output = stream(
+        core.connect_get_namespaced_pod_exec,
+        pod.metadata.name,
+        kube_namespace,
+        container=container.name,
+        command=["cat", "/etc/ssl/certs/xtm-proxy-ca.crt"],
+        stderr=True,
+        stdin=False,
+        stdout=True,
+        tty=False,
+    )
+    assert ca_pem.strip() == output.strip()
+    secret_owner = core.read_namespaced_secret(
+        f"{pod.spec.containers[0].name}-proxy-ca", kube_namespace
+    ).metadata.owner_references[0]
+    assert "Deployment" == secret_owner.kind

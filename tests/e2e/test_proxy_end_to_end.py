@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -10,14 +9,11 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from starlette.responses import JSONResponse
 
 from tests.e2e.conftest import Deployment
 from tests.support.agent import wait_for
+from tests.support.certificates import certificate_pem
 from tests.support.tinyproxy import Tinyproxy
 from xtm_composer.sandbox.admin import SandboxAdmin
 
@@ -59,23 +55,6 @@ def tinyproxy(tmp_path: Path, deployment: Deployment) -> Iterator[Tinyproxy]:
     deployment.secrets += [proxy.password, proxy.url]
     yield proxy
     proxy.stop()
-
-
-def certificate_pem() -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Proxy test CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def add_started_connector(deployment: Deployment) -> str:

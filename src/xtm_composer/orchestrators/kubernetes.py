@@ -26,6 +26,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from xtm_composer.logs import get_logger
+from xtm_composer.orchestrators import kubernetes_ca_bundle as ca_bundles
 from xtm_composer.orchestrators import kubernetes_manifest as manifests
 from xtm_composer.orchestrators import kubernetes_state as states
 from xtm_composer.orchestrators.base import (
@@ -181,6 +182,8 @@ class KubernetesOrchestrator:
             image=spec.image.reference,
         )
         deployment = self.deployments.create_or_update(spec, manifest)
+        if spec.ca_bundle:
+            self._write_ca_bundle(deployment, spec)
         return self._workload(deployment)
 
     def redeploy(self, spec: WorkloadSpec, current: Workload) -> Workload:
@@ -207,7 +210,24 @@ class KubernetesOrchestrator:
         else:
             deployment = self.deployments.create_or_update(spec, manifest)
             self.remove(current)
+        self._write_ca_bundle(deployment, spec)
         return self._workload(deployment)
+
+    def _write_ca_bundle(self, deployment: dict[str, Any], spec: WorkloadSpec) -> None:
+        """Write the proxy CA Secret the pod template mounts; delete a stale one."""
+        labels = {
+            MANAGER_LABEL: self.manager_id,
+            PLATFORM_LABEL: self.platform,
+            CONNECTOR_ID_LABEL: spec.connector_id,
+        }
+        ca_bundles.write_secret(
+            self.core,
+            self.connection.server,
+            self.namespace,
+            deployment,
+            labels,
+            spec.ca_bundle,
+        )
 
     def start(self, workload: Workload) -> None:
         self._scale(workload, 1)

@@ -40,6 +40,7 @@ from typing import Any
 import pydantic
 from kubernetes import client
 
+from xtm_composer.orchestrators import kubernetes_ca_bundle as ca_bundles
 from xtm_composer.orchestrators.base import CONTRACT_HASH_KEY, WorkloadSpec
 from xtm_composer.registry import ResolvedImage
 from xtm_composer.settings import ConfigurationError
@@ -114,6 +115,10 @@ def generated_layer(
         container["resources"] = copy.deepcopy(options.resources)
 
     pod_spec: dict[str, Any] = {"containers": [container]}
+    if spec.ca_bundle:
+        volume, mount = ca_bundles.pod_additions(spec.name)
+        container["volumeMounts"] = [mount]
+        pod_spec["volumes"] = [volume]
     if options.pull_secret_names:
         pod_spec["imagePullSecrets"] = [
             {"name": name} for name in options.pull_secret_names
