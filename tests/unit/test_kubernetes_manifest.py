@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from xtm_composer.orchestrators import kubernetes_manifest as manifests
-from xtm_composer.orchestrators.base import CONTRACT_HASH_KEY, WorkloadSpec
+from xtm_composer.orchestrators.base import (
+    CA_BUNDLE_PATH,
+    CONTRACT_HASH_KEY,
+    WorkloadSpec,
+)
 from xtm_composer.registry import ResolvedImage
 from xtm_composer.settings import ConfigurationError
 
@@ -408,3 +413,26 @@ def test_invalid_base_deployment_rejected(base: dict[str, Any], expected: str) -
 
     assert "opencti.daemon.kubernetes.base_deployment" in str(caught.value)
     assert expected in str(caught.value)
+
+
+def test_ca_bundle_mounted_read_only() -> None:
+    """A proxy CA bundle adds a read-only Secret volume at the bundle path."""
+    spec = dataclasses.replace(make_spec(), ca_bundle="-----BEGIN CERTIFICATE-----")
+
+    pod = pod_spec(build(spec=spec))
+
+    (volume,) = pod["volumes"]
+    assert "ipinfo-0123456789-proxy-ca" == volume["secret"]["secretName"]
+    assert 0o444 == volume["secret"]["defaultMode"]
+    (mount,) = pod["containers"][0]["volumeMounts"]
+    assert CA_BUNDLE_PATH == mount["mountPath"]
+    assert "ca.crt" == mount["subPath"]
+    assert mount["readOnly"] is True
+
+
+def test_no_ca_bundle_no_volume() -> None:
+    """Without a proxy CA bundle the pod has no extra volume."""
+    pod = pod_spec(build())
+
+    assert "volumes" not in pod
+    assert "volumeMounts" not in pod["containers"][0]
