@@ -256,16 +256,17 @@ class Reconciler:
         try:
             spec = self.build_spec(connector)
             if workload is None:
-                log.info(
-                    "Deploying connector",
+                # The orchestrators log the operation itself at info level.
+                log.debug(
+                    "Connector has no workload",
                     connector_id=connector.id,
                     name=spec.name,
                     image=spec.image.reference,
                 )
                 result = await asyncio.to_thread(self._orchestrator.deploy, spec)
             else:
-                log.info(
-                    "Redeploying connector",
+                log.debug(
+                    "Workload differs from the contract",
                     connector_id=connector.id,
                     name=spec.name,
                     image=spec.image.reference,
@@ -324,16 +325,16 @@ class Reconciler:
                 and workload.status is WorkloadStatus.STOPPED
                 and not workload.in_reboot_loop
             ):
-                log.info(
-                    "Starting connector", connector_id=connector.id, name=workload.name
+                log.debug(
+                    "Start requested", connector_id=connector.id, name=workload.name
                 )
                 await asyncio.to_thread(self._orchestrator.start, workload)
                 return
             if not connector.wants_running and (
                 workload.status is WorkloadStatus.STARTED or workload.in_reboot_loop
             ):
-                log.info(
-                    "Stopping connector", connector_id=connector.id, name=workload.name
+                log.debug(
+                    "Stop requested", connector_id=connector.id, name=workload.name
                 )
                 await asyncio.to_thread(self._orchestrator.stop, workload)
         except OrchestratorError as error:
