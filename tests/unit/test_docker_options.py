@@ -1,4 +1,4 @@
-"""The engine-free parts of the Docker adapter: host options, state, pull errors."""
+"""The engine-free parts of the Docker adapter: host options, state, pull, logs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import docker.types
 import pytest
 from pydantic import SecretStr
 
-from xtm_composer.orchestrators import docker_options, docker_pull, docker_state
+from xtm_composer.orchestrators import (
+    docker_logs,
+    docker_options,
+    docker_pull,
+    docker_state,
+)
 from xtm_composer.orchestrators.base import (
     CONNECTOR_ID_LABEL,
     CONTRACT_HASH_KEY,
@@ -17,7 +22,6 @@ from xtm_composer.orchestrators.base import (
     RegistryAuthError,
     WorkloadStatus,
 )
-from xtm_composer.orchestrators.docker import split_log_lines
 from xtm_composer.orchestrators.docker_engine import mask_values
 from xtm_composer.registry import ResolvedImage
 from xtm_composer.settings import DockerSettings, RegistrySettings
@@ -362,15 +366,19 @@ def test_pull_error_without_credentials_names_cause() -> None:
     assert "credentials are for 127.0.0.1:5000" in str(error)
 
 
-def test_split_log_lines() -> None:
+def test_log_lines_split_at_newlines_only() -> None:
     """Output is decoded with replacement and split at newlines only."""
     raw = b"first\r\nsecond \xff\nthird\x0bsame line\n"
+    framed = docker_logs.FRAME_HEADER.pack(1, len(raw)) + raw
+    expected = ["first", "second \ufffd", "third\x0bsame line"]
 
-    assert split_log_lines(raw) == ["first", "second \ufffd", "third\x0bsame line"]
+    assert expected == docker_logs.split_lines(raw)
+    assert expected == docker_logs.demultiplex_lines(framed)
 
 
-def test_split_log_lines_empty() -> None:
-    assert split_log_lines(b"") == []
+def test_log_lines_empty() -> None:
+    assert [] == docker_logs.split_lines(b"")
+    assert [] == docker_logs.demultiplex_lines(b"")
 
 
 def test_mask_values() -> None:

@@ -16,6 +16,14 @@ loop and a restarting container are reported.
 Images are pulled at every deploy and redeploy, also when the engine already
 has them: a cached image must not let a deploy bypass the registry's access
 control, and a moved tag is followed.
+
+Logs are read with `docker_logs`, which takes the 8-byte frame headers out of
+Docker's multiplexed stdout and stderr stream and keeps a long line whole even
+when a line of the other stream comes in the middle of it.
+
+`DockerApiOrchestrator` does the container work through any Engine API
+connection. Its subclass `DockerOrchestrator` connects to the engine directly,
+and the Portainer adapter's subclass connects through Portainer.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import requests
 from xtm_composer.logs import get_logger
 from xtm_composer.orchestrators import (
     docker_engine,
+    docker_logs,
     docker_options,
     docker_pull,
     docker_state,
@@ -45,6 +54,7 @@ from xtm_composer.orchestrators.base import (
     MANAGER_LABEL,
     PLATFORM_LABEL,
     OrchestratorError,
+    RegistryAuthError,
     Workload,
     WorkloadSpec,
 )
@@ -55,55 +65,29 @@ logger = get_logger(__name__)
 
 STOP_TIMEOUT = 10
 """Seconds a connector gets to exit after SIGTERM before the engine kills it."""
+CA_BUNDLE_MODE = 0o444
 
 
-class DockerOrchestrator:
-    """Runs connector containers on the Docker Engine at `docker_host`.
+class DockerApiOrchestrator:
+    """Runs connector containers through one Docker Engine API connection.
 
-    Without `docker_host` the engine is found as `docker.from_env()` finds it.
+    A subclass calls this constructor first, then sets `host_options` and
+    `_engine`, and implements `prepare` to check the connection.
     """
 
-    name = "docker"
+    name: str
+    host_options: dict[str, Any]
+    """Keyword arguments of `create_host_config` for every connector container."""
+    _engine: docker_engine.EngineConnection
 
     def __init__(
-        self,
-        settings: DockerSettings,
-        registry: RegistrySettings | None,
-        manager_id: str,
-        platform: str,
-        docker_host: str | None = None,
+        self, registry: RegistrySettings | None, manager_id: str, platform: str
     ) -> None:
         if not manager_id or not platform:
             raise ValueError("manager_id and platform must not be empty")
-        self.settings = settings
         self.registry = registry
         self.manager_id = manager_id
         self.platform = platform
-        self.docker_host = docker_host
-        # Raises HostOptionError now rather than at the first deploy.
-        self.host_options = docker_options.host_config_options(settings)
-        self._engine = docker_engine.EngineConnection(docker_host)
-
-    def prepare(self) -> None:
-        """Connect to the engine and check that it responds and accepts the options."""
-        with self._engine.errors("ping the engine"):
-            self._engine.api.ping()
-        try:
-            docker.types.HostConfig(self._engine.api.api_version, **self.host_options)
-        except (docker.errors.DockerException, ValueError) as error:
-            raise OrchestratorError(f"invalid Docker host option: {error}") from error
-
-        ignored = sorted(self.settings.model_extra or {})
-        if ignored:
-            logger.warning(
-                "Ignoring unknown Docker settings", orchestrator=self.name, keys=ignored
-            )
-        logger.info(
-            "Connected to the Docker Engine",
-            orchestrator=self.name,
-            docker_host=self._engine.address,
-            api_version=self._engine.api.api_version,
-        )
 
     def list_workloads(self) -> list[Workload]:
         """List this manager's containers on this platform, stopped ones included."""
@@ -196,20 +180,24 @@ class DockerOrchestrator:
             return []
         data = self._owned_container(workload)
         with self._engine.errors(f"read the logs of container {workload.name}"):
-            raw = self._engine.api.logs(
+            return docker_logs.fetch_logs(
+                self._engine.api,
                 data["Id"],
-                stdout=True,
-                stderr=True,
-                tail=max_lines,
+                max_lines,
                 timestamps=timestamps,
+                tty=bool((data.get("Config") or {}).get("Tty")),
             )
-        return split_log_lines(raw)[-max_lines:]
 
     def close(self) -> None:
         self._engine.close()
 
     def _pull(self, spec: WorkloadSpec) -> None:
-        docker_pull.pull_image(self._engine.api, spec.image, self.registry)
+        try:
+            with self._engine.errors(f"pull the image {spec.image.reference}"):
+                docker_pull.pull_image(self._engine.api, spec.image, self.registry)
+        except RegistryAuthError:
+            self._check_denied_pull()
+            raise
         logger.info(
             "Pulled image",
             orchestrator=self.name,
@@ -242,12 +230,25 @@ class DockerOrchestrator:
         )
         return workload
 
+    def _check_denied_pull(self) -> None:
+        """Raise a more specific error when a denied pull has another cause.
+
+        Returning lets the registry's denial through. A direct connection to
+        the engine has no credentials of its own that could cause the denial,
+        so nothing is checked here.
+        """
+
+    def _extra_labels(self) -> dict[str, str]:
+        """Return the labels every container gets besides the connector's own."""
+        return {}
+
     def _create(self, spec: WorkloadSpec) -> str:
         labels = {
             **spec.labels,
             **workload_labels(
                 self.manager_id, self.platform, spec.connector_id, spec.contract_hash
             ),
+            **self._extra_labels(),
         }
         secrets = tuple(spec.environment.values())
         with self._engine.errors(f"create container {spec.name}", secrets):
@@ -276,10 +277,10 @@ class DockerOrchestrator:
     def _copy_ca_bundle(self, container_id: str, spec: WorkloadSpec) -> None:
         """Write the proxy CA bundle into the created container, before it starts.
 
-        Copying through the Engine API needs no path shared with the host, so it
-        works as well when the agent itself runs in a container. The file is
-        root-owned and read-only (mode 0444); a missing parent folder is created
-        by the engine.
+        Copying through the Engine API needs no path shared with the engine's
+        host, so it works as well when the agent runs in a container or the
+        engine on another host. The file is root-owned and read-only (mode
+        0444), and the engine creates a missing parent folder.
         """
         archive = single_file_tar(CA_BUNDLE_PATH.lstrip("/"), spec.ca_bundle.encode())
         with self._engine.errors(f"copy the proxy CA bundle into {spec.name}"):
@@ -359,6 +360,51 @@ class DockerOrchestrator:
         }
 
 
+class DockerOrchestrator(DockerApiOrchestrator):
+    """Runs connector containers on the Docker Engine at `docker_host`.
+
+    Without `docker_host` the engine is found as `docker.from_env()` finds it.
+    """
+
+    name = "docker"
+
+    def __init__(
+        self,
+        settings: DockerSettings,
+        registry: RegistrySettings | None,
+        manager_id: str,
+        platform: str,
+        docker_host: str | None = None,
+    ) -> None:
+        super().__init__(registry, manager_id, platform)
+        self.settings = settings
+        self.docker_host = docker_host
+        # Raises HostOptionError now rather than at the first deploy.
+        self.host_options = docker_options.host_config_options(settings)
+        self._engine = docker_engine.EngineConnection(docker_host)
+
+    def prepare(self) -> None:
+        """Connect to the engine and check that it responds and accepts the options."""
+        with self._engine.errors("ping the engine"):
+            self._engine.api.ping()
+        try:
+            docker.types.HostConfig(self._engine.api.api_version, **self.host_options)
+        except (docker.errors.DockerException, ValueError) as error:
+            raise OrchestratorError(f"invalid Docker host option: {error}") from error
+
+        ignored = sorted(self.settings.model_extra or {})
+        if ignored:
+            logger.warning(
+                "Ignoring unknown Docker settings", orchestrator=self.name, keys=ignored
+            )
+        logger.info(
+            "Connected to the Docker Engine",
+            orchestrator=self.name,
+            docker_host=self._engine.address,
+            api_version=self._engine.api.api_version,
+        )
+
+
 def describe_owner(labels: dict[str, str]) -> str:
     """Name the manager, platform and connector a container's labels point to."""
     if CONNECTOR_ID_LABEL not in labels:
@@ -370,22 +416,13 @@ def describe_owner(labels: dict[str, str]) -> str:
     )
 
 
-def split_log_lines(raw: bytes) -> list[str]:
-    """Decode engine log output as UTF-8 and split it at newlines."""
-    text = raw.decode("utf-8", errors="replace")
-    lines = [line.removesuffix("\r") for line in text.split("\n")]
-    if lines and not lines[-1]:
-        lines.pop()
-    return lines
-
-
 def single_file_tar(path: str, content: bytes) -> bytes:
-    """Return a tar archive holding one root-owned, read-only file."""
+    """Return a tar archive holding one root-owned, read-only file at `path`."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         info = tarfile.TarInfo(path)
         info.size = len(content)
-        info.mode = 0o444
+        info.mode = CA_BUNDLE_MODE
         info.mtime = int(time.time())
         archive.addfile(info, io.BytesIO(content))
     return buffer.getvalue()
