@@ -19,6 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests import conftest
+from tests.support import log_image as log_images
 from tests.support.docker_proxy import DockerProxy
 from xtm_composer.orchestrators.base import (
     CONNECTOR_ID_LABEL,
@@ -44,6 +45,7 @@ TEST_IMAGE = "opencti/connector-test:1.0.0"
 CRASH_IMAGE = "opencti/connector-crash:1.0.0"
 MISSING_IMAGE = "opencti/connector-missing:1.0.0"
 LOCAL_IMAGE = "xtm-testbed/pause:latest"
+LOG_IMAGE_REPOSITORY = "xtm-test/docker-logs"
 OWNER_LABEL = "xtm-composer-test-owner"
 """Marks containers a test creates directly, so that its finalizer finds them."""
 
@@ -78,6 +80,12 @@ def engine(testbed: conftest.Testbed) -> Iterator[docker.DockerClient]:
         conftest.missing_engine(f"the testbed Docker Engine does not answer: {error}")
     yield client
     client.close()
+
+
+@pytest.fixture(scope="module")
+def log_image(engine: docker.DockerClient, testbed: conftest.Testbed) -> str:
+    repository = f"{testbed.open_registry}/{LOG_IMAGE_REPOSITORY}"
+    return log_images.push_log_image(engine, LOCAL_IMAGE, repository)
 
 
 @pytest.fixture
@@ -522,6 +530,24 @@ def test_logs_tail_honours_max_lines(
     assert stamped[0].endswith(every_line[-1])
     assert stamped[0][:4].isdigit()
     assert orchestrator.logs(workload, 0) == []
+
+
+def test_logs_keep_long_line_whole(
+    make_orchestrator: Callable[..., DockerOrchestrator],
+    make_spec: Callable[..., WorkloadSpec],
+    log_image: str,
+) -> None:
+    """Stderr lines written during a 70 KB stdout line stay out of it."""
+    orchestrator = make_orchestrator()
+    workload = orchestrator.deploy(make_spec(log_image))
+
+    wait_for(
+        lambda: log_images.summarize(orchestrator.logs(workload, 100)),
+        lambda summary: log_images.LAST_LINE in summary,
+    )
+    lines = orchestrator.logs(workload, 100)
+
+    log_images.assert_lines_whole(lines)
 
 
 def test_host_options_reach_engine(

@@ -8,7 +8,6 @@ container that carries it.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests import conftest
+from tests.support import log_image as log_images
 from tests.support.portainer_standin import PortainerStandin
 from xtm_composer.orchestrators.base import (
     CA_BUNDLE_PATH,
@@ -48,15 +48,7 @@ ENV_ID = 1
 STACK = "opencti-connectors"
 TEST_IMAGE = "opencti/connector-test:1.0.0"
 LOCAL_IMAGE = "xtm-testbed/pause:latest"
-LOG_IMAGE_REPOSITORY = "xtm-test/portainer-logs"
-LONG_LINE_BYTES = 70_000
-"""Longer than the 64 KiB buffers of HTTP clients and the engine's 16 KiB chunks."""
-
-LOG_SCRIPT = (
-    f"head -c {LONG_LINE_BYTES} /dev/zero | tr '\\0' x; echo; "
-    "echo to stdout; echo to stderr >&2; "
-    "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"
-)
+LOG_IMAGE_REPOSITORY = "xtm-test/portainer-interleaved-logs"
 
 T = TypeVar("T")
 
@@ -91,19 +83,8 @@ def engine(testbed: conftest.Testbed) -> Iterator[docker.DockerClient]:
 
 @pytest.fixture(scope="module")
 def log_image(engine: docker.DockerClient, testbed: conftest.Testbed) -> str:
-    """Push an image whose output is a long line, then stdout and stderr lines."""
     repository = f"{testbed.open_registry}/{LOG_IMAGE_REPOSITORY}"
-    base = engine.containers.create(LOCAL_IMAGE, command=["true"])
-    try:
-        base.commit(
-            repository=repository,
-            tag="1",
-            changes=[f"CMD {json.dumps(['/bin/sh', '-c', LOG_SCRIPT])}"],
-        )
-    finally:
-        base.remove()
-    engine.images.push(repository, tag="1")
-    return f"{repository}:1"
+    return log_images.push_log_image(engine, LOCAL_IMAGE, repository)
 
 
 @pytest.fixture
@@ -319,23 +300,12 @@ def test_logs_demultiplexed(
     workload = orchestrator.deploy(make_spec(log_image))
 
     wait_for(
-        lambda: summarize(orchestrator.logs(workload, 100)),
-        lambda summary: "to stderr" in summary and "to stdout" in summary,
+        lambda: log_images.summarize(orchestrator.logs(workload, 100)),
+        lambda summary: log_images.LAST_LINE in summary,
     )
     lines = orchestrator.logs(workload, 100)
 
-    assert ["<70000 characters>", "to stderr", "to stdout"] == sorted(summarize(lines))
-    long_line = max(lines, key=len)
-    assert {"x"} == set(long_line)
-    for line in lines:
-        # A frame header starts with the stream byte 1 or 2 and three zeros.
-        assert "\x00" not in line
-        assert not line.startswith(("\x01", "\x02"))
-
-
-def summarize(lines: list[str]) -> list[str]:
-    """Replace long lines by their length, to keep failure messages readable."""
-    return [line if len(line) <= 80 else f"<{len(line)} characters>" for line in lines]
+    log_images.assert_lines_whole(lines)
 
 
 def test_ca_bundle_readable(
