@@ -1,7 +1,8 @@
 """Build the orchestrator that `daemon.selector` names.
 
 Adapters are imported here only, and lazily, so an agent that runs on Docker
-never loads the Kubernetes client, and adapters never import each other.
+never loads the Kubernetes client. The Portainer adapter builds on the Docker
+one, since both speak the Docker Engine API; no other adapter imports another.
 """
 
 from __future__ import annotations
