@@ -146,11 +146,14 @@ def install_signal_handlers(stopping: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
 
     def request_stop(signal_name: str) -> None:
-        if not stopping.is_set():
+        # The flag first: nothing, not even a failing log write, may keep the
+        # agent from stopping.
+        first = not stopping.is_set()
+        stopping.set()
+        if first:
             log.info(
                 "Stop requested, finishing in-flight operations", signal=signal_name
             )
-        stopping.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         # Outside the main thread signals cannot be handled: the caller then

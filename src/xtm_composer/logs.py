@@ -9,13 +9,14 @@ any field of any event, so a secret echoed back by an engine error is masked too
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
 import threading
 from collections.abc import MutableMapping
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -120,9 +121,34 @@ def configure_logging(
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(
+            cast(TextIO, TolerantStream(stream or sys.stderr))
+        ),
         cache_logger_on_first_use=False,
     )
+
+
+class TolerantStream:
+    """A text stream whose write errors are dropped instead of raised.
+
+    When the reader of the agent's output goes away (a closed pipe, a full
+    disk), logging must not crash the agent or leave a signal handler half
+    done: the connectors still need reconciling and SIGTERM still needs
+    honouring.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):
+            return 0
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
 
 
 def get_logger(name: str) -> Any:

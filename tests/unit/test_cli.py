@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -138,3 +140,50 @@ def test_openaev_enabled_is_rejected(config_dir: Path) -> None:
 
     assert 2 == result.returncode
     assert "openaev.enable" in result.stderr
+
+
+def test_sigterm_stops_agent_after_output_closed(
+    config_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM stops the agent with exit code 0 even when its output pipe closed."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=4096)
+    key_path = tmp_path / "manager.pem"
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    environment = {
+        key_name: value
+        for key_name, value in os.environ.items()
+        if not key_name.startswith(("MANAGER__", "OPENCTI__", "OPENAEV__", "COMPOSER_"))
+    }
+    environment.update(
+        {
+            "MANAGER__CREDENTIALS_KEY_FILEPATH": str(key_path),
+            "OPENCTI__TOKEN": "cli-token-value",
+            "OPENCTI__URL": "http://127.0.0.1:9",
+            "OPENCTI__DAEMON__SELECTOR": "docker",
+            "DOCKER_HOST": f"unix://{tmp_path}/absent.sock",
+        }
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "xtm_composer", "--config-dir", str(config_dir), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=environment,
+    )
+    assert process.stdout is not None
+    process.stdout.readline()
+    process.stdout.close()
+    time.sleep(2)
+
+    process.send_signal(signal.SIGTERM)
+
+    try:
+        assert 0 == process.wait(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
