@@ -11,17 +11,31 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
+from xtm_composer.references import (
+    DOCKER_HUB,
+    ImageReferenceError,
+    check_image,
+    image_host,
+    normalize_server,
+    server_host,
+)
 from xtm_composer.settings import RegistrySettings
 
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+__all__ = [
+    "DOCKER_HUB",
+    "ImageReferenceError",
+    "ResolvedImage",
+    "auth_config",
+    "docker_config_json",
+    "image_host",
+    "normalize_server",
+    "registry_auth_header",
+    "resolve_image",
+    "server_host",
+]
+
 DOCKER_HUB_AUTH_KEY = "https://index.docker.io/v1/"
-
-
-class ImageReferenceError(ValueError):
-    """An image reference that no registry would accept."""
 
 
 @dataclass(frozen=True)
@@ -33,48 +47,12 @@ class ResolvedImage:
     send_credentials: bool
 
 
-def normalize_server(server: str) -> str:
-    """Turn `https://Registry.example.com/team/` into `registry.example.com/team`."""
-    server = server.strip()
-    if "://" in server:
-        parts = urlsplit(server)
-        server = parts.netloc + parts.path
-    server = server.strip("/")
-    if not server:
-        raise ImageReferenceError("the registry server is empty")
-    host, _, path = server.partition("/")
-    host = host.lower()
-    return f"{host}/{path}" if path else host
-
-
-def server_host(server: str) -> str:
-    """Return the host[:port] of a normalised server, with Docker Hub unified."""
-    host = normalize_server(server).partition("/")[0]
-    return DOCKER_HUB if host in DOCKER_HUB_ALIASES else host
-
-
-def names_registry(component: str) -> bool:
-    return (
-        "." in component
-        or ":" in component
-        or component == "localhost"
-        or component != component.lower()
-    )
-
-
-def image_host(image: str) -> str | None:
-    """Return the registry host an image names, or None when it names none."""
-    first, slash, _ = image.partition("/")
-    if not slash or not names_registry(first):
-        return None
-    return DOCKER_HUB if first.lower() in DOCKER_HUB_ALIASES else first.lower()
-
-
 def resolve_image(image: str, registry: RegistrySettings | None) -> ResolvedImage:
     """Return the image that will be pulled and whether credentials go with it."""
     image = image.strip()
     if not image or any(char.isspace() for char in image):
         raise ImageReferenceError(f"invalid image reference {image!r}")
+    check_image(image)
 
     named_host = image_host(image)
     if registry is None:

@@ -201,6 +201,14 @@ CASES = [
         True,
     ),
     ("docker.io", "ghcr.io/opencti/c:1", "ghcr.io/opencti/c:1", "ghcr.io", False),
+    # Docker Hub's key in client configs is a server, not a path to prepend.
+    (
+        "https://index.docker.io/v1/",
+        "opencti/c:1",
+        "index.docker.io/opencti/c:1",
+        "docker.io",
+        True,
+    ),
 ]
 
 
@@ -240,9 +248,26 @@ def test_server_without_credentials_prefixes_only() -> None:
     assert resolved.send_credentials is False
 
 
-@pytest.mark.parametrize("image", ["", "   ", "opencti/c :1", "a\tb"])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "",
+        "   ",
+        "opencti/c :1",
+        "a\tb",
+        ":",
+        "opencti/c:",
+        "/c",
+        "opencti//c",
+        "c@sha256:abc",
+        "UPPER",
+        "http://x/y",
+        "localhost:99999/c",
+        "opencti/c:" + "t" * 129,
+    ],
+)
 def test_invalid_image_rejected(image: str) -> None:
-    """Empty references and references with spaces are rejected."""
+    """References that break the Docker reference grammar are rejected."""
     with pytest.raises(registry.ImageReferenceError):
         registry.resolve_image(image, configured(PRIVATE))
 
@@ -294,3 +319,21 @@ def test_password_hidden_in_settings_repr() -> None:
 
     assert "s3cret-pw" not in repr(settings)
     assert "s3cret-pw" not in str(settings)
+
+
+@pytest.mark.parametrize(
+    "server",
+    ["ftp://x", "host?x=1", "host:99999", "user:pw@registry.example.com", "a b", "/"],
+)
+def test_invalid_server_rejected(server: str) -> None:
+    """Servers with other schemes, queries, bad ports or credentials are rejected."""
+    with pytest.raises(registry.ImageReferenceError):
+        registry.normalize_server(server)
+
+
+def test_server_credentials_not_echoed() -> None:
+    """A server written with credentials is rejected without repeating them."""
+    with pytest.raises(registry.ImageReferenceError) as caught:
+        registry.normalize_server("https://user:s3cret-pw@registry.example.com")
+
+    assert "s3cret-pw" not in str(caught.value)

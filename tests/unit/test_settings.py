@@ -161,3 +161,14 @@ def test_unknown_keys_are_kept(tmp_path: Path) -> None:
     settings = load_settings(tmp_path, {})
 
     assert "info" == settings.manager.logger.level
+
+
+def test_invalid_registry_server_fails_at_start(tmp_path: Path) -> None:
+    """A registry server that cannot work is reported with its key at start."""
+    environ = {"MANAGER__ID": "a", "OPENCTI__DAEMON__REGISTRY__SERVER": "host:99999"}
+
+    with pytest.raises(ConfigurationError) as caught:
+        load_settings(tmp_path, environ)
+
+    assert "opencti.daemon.registry.server" in str(caught.value)
+    assert "Value error" not in str(caught.value)

@@ -132,8 +132,9 @@ def describe_validation_error(
             )
             continue
         shown = shown_value(path, lookup(raw, detail["loc"]))
+        reason = detail["msg"].removeprefix("Value error, ")
         lines.append(
-            f"  {path} = {shown}: {detail['msg']}; "
+            f"  {path} = {shown}: {reason}; "
             f"fix it in the YAML configuration or with {env_name}"
         )
     return "\n".join(lines)

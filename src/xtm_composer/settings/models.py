@@ -20,6 +20,8 @@ from pydantic import (
     field_validator,
 )
 
+from xtm_composer import references
+
 
 def _indexed_map_to_list(value: Any) -> Any:
     """Accept `{0: a, 1: b}` (YAML or `KEY__0` env vars) where a list is expected."""
@@ -82,6 +84,13 @@ class RegistrySettings(Section):
     username: str | None = None
     password: SecretStr | None = None
     email: str | None = None
+
+    @field_validator("server")
+    @classmethod
+    def _server_is_valid(cls, value: str) -> str:
+        # Checked at start so that a typo fails with the key, not at each pull.
+        references.normalize_server(value)
+        return value
 
     @property
     def has_credentials(self) -> bool:
