@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from urllib.parse import unquote, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -24,6 +25,12 @@ def register_settings_secrets(settings: Settings) -> None:
     """Make every secret of the configuration unloggable."""
     for platform in (settings.opencti, settings.openaev):
         logs.register_secret(platform.token.get_secret_value())
+        # Basic-auth credentials in the URL would otherwise show in every
+        # log line that names the platform.
+        url_password = urlsplit(platform.url).password
+        if url_password:
+            logs.register_secret(url_password)
+            logs.register_secret(unquote(url_password))
         for proxy_url in (platform.http_proxy, platform.https_proxy):
             if proxy_url is not None:
                 logs.register_secret(proxy_url.get_secret_value())

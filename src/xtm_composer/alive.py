@@ -12,7 +12,7 @@ from typing import Protocol
 
 from xtm_composer import logs
 from xtm_composer.backoff import Backoff
-from xtm_composer.platform.errors import PlatformError
+from xtm_composer.platform.errors import PlatformAuthError, PlatformError
 
 log = logs.get_logger(__name__)
 
@@ -48,6 +48,15 @@ class AliveLoop:
         while not stopping.is_set():
             try:
                 await self.beat()
+            except PlatformAuthError as error:
+                delay = self._backoff.next_delay()
+                log.error(
+                    "Platform rejected the token, will retry",
+                    platform=self._platform,
+                    error=str(error),
+                    attempt=self._backoff.attempt,
+                    retry_in_seconds=round(delay, 1),
+                )
             except PlatformError as error:
                 delay = self._backoff.next_delay()
                 log.warning(

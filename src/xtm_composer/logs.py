@@ -89,9 +89,12 @@ def render_text(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> 
 
 
 def _text_field(value: Any) -> str:
-    if not isinstance(value, str | int | float | bool) or value is None:
-        value = str(value)
-    return json.dumps(value, ensure_ascii=False)
+    if (
+        isinstance(value, dict | list | tuple | str | int | float | bool)
+        or value is None
+    ):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return json.dumps(str(value), ensure_ascii=False)
 
 
 def render_json(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import httpx
 from cryptography import x509
 
 from xtm_composer import logs
@@ -73,8 +74,9 @@ def resolve_proxy(
         http_proxy = env_value(environ, "HTTP_PROXY")
         https_proxy = env_value(environ, "HTTPS_PROXY")
         no_proxy = no_proxy or env_value(environ, "NO_PROXY")
-    for proxy_url in (http_proxy, https_proxy):
+    for proxy_url, key in ((http_proxy, "http_proxy"), (https_proxy, "https_proxy")):
         register_proxy_secrets(proxy_url)
+        check_proxy_url(proxy_url, f"{name}.{key}")
     return ProxyConfig(
         http_proxy=http_proxy,
         https_proxy=https_proxy,
@@ -82,6 +84,24 @@ def resolve_proxy(
         ca_bundle=read_ca_bundle(settings.https_proxy_ca, name),
         reject_unauthorized=settings.https_proxy_reject_unauthorized,
     )
+
+
+def check_proxy_url(proxy_url: str | None, label: str) -> None:
+    """Reject a proxy URL httpx cannot use; the message never shows the URL."""
+    if not proxy_url:
+        return
+    try:
+        parsed = httpx.URL(proxy_url)
+    except httpx.InvalidURL as error:
+        raise ConfigurationError(
+            f"{label} is not a valid URL ({error}); write it as "
+            "http://[user:password@]host:port"
+        ) from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ConfigurationError(
+            f"{label} must be an http:// or https:// URL with a host, such as "
+            "http://proxy.example.com:3128 (SOCKS proxies are not supported)"
+        )
 
 
 def secret_text(value: object) -> str | None:

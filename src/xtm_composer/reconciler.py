@@ -114,6 +114,11 @@ class Reconciler:
         while not stopping.is_set():
             completed = await self.cycle()
             if completed:
+                if self._listing_backoff.attempt:
+                    log.info(
+                        "Listings work again after failures",
+                        failed_cycles=self._listing_backoff.attempt,
+                    )
                 self._listing_backoff.reset()
                 delay = self._manager.execute_schedule
             else:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 
+from xtm_composer import logs
 from xtm_composer.alive import AliveLoop
 from xtm_composer.backoff import Backoff
-from xtm_composer.platform.errors import PlatformUnavailableError
+from xtm_composer.platform.errors import PlatformAuthError, PlatformUnavailableError
 
 
 class ScriptedApi:
@@ -83,3 +85,22 @@ def test_unreachable_platform_retried_with_backoff() -> None:
 
     assert api.calls[:5] == ["version", "version", "version", "version", "register"]
     assert loop.registered.is_set()
+
+
+class RejectingApi(ScriptedApi):
+    async def version(self) -> str:
+        self.calls.append("version")
+        raise PlatformAuthError("http://127.0.0.1:4000/graphql rejected the token")
+
+
+def test_rejected_token_reported_as_such() -> None:
+    """A rejected token is logged as a rejected token, not as an outage."""
+    stream = io.StringIO()
+    logs.configure_logging("info", "pretty", stream)
+    api = RejectingApi([])
+    loop = AliveLoop(api, "PEM", 0.001, "opencti", fast_backoff())
+
+    run_until(loop, api, 2)
+
+    assert "Platform rejected the token, will retry" in stream.getvalue()
+    assert "Platform unreachable" not in stream.getvalue()

@@ -76,3 +76,12 @@ def test_debug_filtered_at_info() -> None:
     logs.get_logger("t").debug("hidden")
 
     assert "" == stream.getvalue()
+
+
+def test_pretty_renders_maps_as_json() -> None:
+    """Maps and lists in pretty lines are JSON, not Python reprs."""
+    stream = capture("pretty")
+
+    logs.get_logger("t").info("Environment", environment={"KEY": "c'est"})
+
+    assert 'environment={"KEY": "c\'est"}' in stream.getvalue()

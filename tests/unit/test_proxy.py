@@ -165,3 +165,21 @@ def test_fingerprint_changes_with_ca() -> None:
 
     assert proxy.fingerprint(base) != proxy.fingerprint(other)
     assert "" == proxy.fingerprint(proxy.ProxyConfig())
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "not a url",
+        "http://user:pa55-word@127.0.0.1:notaport",
+        "socks5://user:pa55-word@127.0.0.1:1080",
+    ],
+)
+def test_unusable_proxy_url_rejected(url: str) -> None:
+    """A proxy URL httpx cannot use stops the start, without showing the URL."""
+    settings = platform(with_proxy=True, http_proxy=url)
+
+    with pytest.raises(ConfigurationError, match=r"opencti\.http_proxy") as caught:
+        proxy.resolve_proxy(settings, {})
+
+    assert "pa55-word" not in str(caught.value)

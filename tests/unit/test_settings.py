@@ -172,3 +172,28 @@ def test_invalid_registry_server_fails_at_start(tmp_path: Path) -> None:
 
     assert "opencti.daemon.registry.server" in str(caught.value)
     assert "Value error" not in str(caught.value)
+
+
+def test_non_utf8_file_reported(tmp_path: Path) -> None:
+    """A configuration file that is not UTF-8 is one clear error, not a traceback."""
+    (tmp_path / "default.yaml").write_bytes(b"manager:\n  id: \xff\n")
+
+    with pytest.raises(ConfigurationError, match="not UTF-8"):
+        load_settings(tmp_path, {})
+
+
+def test_named_config_folder_must_exist(tmp_path: Path) -> None:
+    """A configuration folder given by the operator must exist."""
+    environ = {"COMPOSER_CONFIG_DIR": str(tmp_path / "absent"), "MANAGER__ID": "a"}
+
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        load_settings(None, environ)
+
+
+def test_empty_key_path_means_unset(tmp_path: Path) -> None:
+    """An empty key file path is treated as not set."""
+    environ = {"MANAGER__ID": "a", "MANAGER__CREDENTIALS_KEY_FILEPATH": ""}
+
+    settings = load_settings(tmp_path, environ)
+
+    assert settings.manager.credentials_key_filepath is None

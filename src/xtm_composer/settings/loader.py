@@ -31,7 +31,15 @@ def load_settings(
 ) -> Settings:
     """Read and validate the configuration, raising `ConfigurationError`."""
     environ = os.environ if environ is None else environ
+    explicit = config_dir is not None or "COMPOSER_CONFIG_DIR" in environ
     config_dir = config_dir or Path(environ.get("COMPOSER_CONFIG_DIR", "config"))
+    if explicit and not config_dir.is_dir():
+        # The default ./config may be absent, but a folder the operator named
+        # must exist: running on built-in defaults would hide the mistake.
+        raise ConfigurationError(
+            f"configuration folder {config_dir} does not exist; fix --config-dir "
+            "or COMPOSER_CONFIG_DIR"
+        )
     composer_env = environ.get("COMPOSER_ENV", "production")
 
     merged: dict[str, Any] = {}
@@ -53,6 +61,11 @@ def read_yaml(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    except UnicodeDecodeError as error:
+        raise ConfigurationError(
+            f"configuration file {path} is not UTF-8 text (invalid byte at "
+            f"position {error.start}); save it as UTF-8"
+        ) from None
     except OSError as error:
         raise ConfigurationError(
             f"cannot read configuration file {path}: {error.strerror}"

@@ -70,7 +70,9 @@ class ManagerSettings(Section):
     ping_alive_schedule: float = Field(default=60, gt=0)
     """Seconds between two pings of the platform."""
     credentials_key: SecretStr | None = None
-    credentials_key_filepath: Path | None = None
+    credentials_key_filepath: Annotated[
+        Path | None, BeforeValidator(lambda value: value or None)
+    ] = None
     max_concurrent_operations: int = Field(default=4, ge=1, le=64)
     """Connectors worked on at the same time; a slow pull holds one slot only."""
     shutdown_timeout: float = Field(default=30, gt=0)
