@@ -16,6 +16,10 @@ keep=0
 [[ "${1:-}" == "--keep" ]] && keep=1
 demo_dir="${XTM_DEMO_DIR:-/tmp/xtm-demo}"
 port="${XTM_DEMO_PORT:-4000}"
+# One manager id per port, so that two demos on other ports never remove each
+# other's containers: an agent removes its manager's containers that its
+# platform does not know.
+manager_id="xtm-demo-$port"
 composer=(python3 -m xtm_composer)
 
 step() { printf '\n==> %s\n' "$*" >&2; }
@@ -41,7 +45,7 @@ cleanup() {
     if [[ $keep -eq 0 ]]; then
         for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
         for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-        docker -H "$DOCKER_HOST" ps -aq --filter label=opencti-manager=xtm-demo |
+        docker -H "$DOCKER_HOST" ps -aq --filter "label=opencti-manager=$manager_id" |
             xargs -r docker -H "$DOCKER_HOST" rm -f >/dev/null
     fi
 }
@@ -54,7 +58,7 @@ pids+=($!)
 
 step "Starting the agent (log: $demo_dir/agent.log)"
 COMPOSER_CONFIG_DIR="$demo_dir/config" \
-MANAGER__ID=xtm-demo \
+MANAGER__ID="$manager_id" \
 MANAGER__EXECUTE_SCHEDULE=3 \
 MANAGER__CREDENTIALS_KEY_FILEPATH="$demo_dir/manager-key.pem" \
 MANAGER__LOGGER__FORMAT=pretty \
