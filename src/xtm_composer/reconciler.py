@@ -2,8 +2,8 @@
 
 Each cycle reads the desired connectors from the platform and this manager's
 workloads from the engine, once each, then works on every connector in its own
-task. Tasks of different connectors run concurrently, bounded by a semaphore;
-a connector whose previous task is still running (a slow pull, say) is skipped
+task. Tasks of different connectors run concurrently, bounded by a semaphore. A
+connector whose previous task is still running (a slow pull, say) is skipped
 until that task ends, so no two operations ever run on one connector.
 
 Safety rules:
@@ -67,7 +67,7 @@ class ConnectorApi(Protocol):
 
 @dataclass
 class ConnectorTrack:
-    """What the reconciler remembers about one connector between cycles."""
+    """State the reconciler keeps for one connector between cycles."""
 
     logs_sent_at: float | None = None
     health_sent_at: float | None = None
@@ -322,7 +322,7 @@ class Reconciler:
 
         The status reported to the platform stays the one the engine showed:
         a start request is not a running connector (a pod may be unable to
-        pull its image), so the next listing tells whether it worked.
+        pull its image), so the next listing shows whether it worked.
         """
         try:
             if (
@@ -360,7 +360,7 @@ class Reconciler:
         # The connector's own contract wins over the agent-wide proxy variables.
         environment = proxy.connector_environment(self._proxy)
         # The platform leaves OPENCTI_URL out of contracts: connectors reach the
-        # platform at the URL this manager uses, unless the contract says else.
+        # platform at the URL this manager uses, unless the contract sets it.
         environment["OPENCTI_URL"] = self._platform_settings.url
         environment.update(build_environment(connector, self._manager_key))
         encrypted_keys = {
