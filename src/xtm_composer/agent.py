@@ -17,6 +17,7 @@ from xtm_composer.orchestrators.factory import build_orchestrator
 from xtm_composer.platform.opencti import OpenCTIClient
 from xtm_composer.reconciler import Reconciler
 from xtm_composer.settings import ConfigurationError, PlatformSettings, Settings
+from xtm_composer.settings.loader import unknown_keys
 
 log = logs.get_logger(__name__)
 
@@ -103,6 +104,9 @@ async def run_agent(settings: Settings, stopping: asyncio.Event | None = None) -
     install_signal_handlers(stopping)
 
     proxy_config = proxy.resolve_proxy(platform_settings)
+    ignored = unknown_keys(settings)
+    if ignored:
+        log.warning("Ignoring unknown configuration keys", keys=sorted(ignored))
     orchestrator = build_orchestrator(settings.manager, platform_settings, "opencti")
     client = OpenCTIClient(platform_settings, settings.manager, proxy_config)
     log.info(

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from xtm_composer.settings import ConfigurationError, Orchestrator, load_settings
+from xtm_composer.settings.loader import unknown_keys
 from xtm_composer.settings.models import Settings
 
 REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"
@@ -197,3 +198,18 @@ def test_empty_key_path_means_unset(tmp_path: Path) -> None:
     settings = load_settings(tmp_path, environ)
 
     assert settings.manager.credentials_key_filepath is None
+
+
+def test_unknown_keys_listed(tmp_path: Path) -> None:
+    """Misspelled keys are listed so that the agent can warn about them."""
+    write(
+        tmp_path / "default.yaml",
+        {"manager": {"id": "a", "idd": "b", "logger": {"directory": True}}},
+    )
+    environ = {"MANAGER__EXECUT_SCHEDULE": "3", "OPENCTI__DAEMON__SELECTR": "docker"}
+
+    settings = load_settings(tmp_path, environ)
+
+    assert ["manager.execut_schedule", "manager.idd", "opencti.daemon.selectr"] == (
+        sorted(unknown_keys(settings))
+    )

@@ -170,3 +170,24 @@ def lookup(tree: Any, location: tuple[int | str, ...]) -> Any:
         else:
             return None
     return tree
+
+
+ADAPTER_SECTIONS = ("docker", "portainer", "swarm")
+"""Sections whose orchestrator reports its own unknown keys when it is used."""
+
+REFERENCE_ONLY_KEYS = frozenset({"manager.logger.directory", "manager.logger.console"})
+"""Keys of the reference configuration that this agent accepts and ignores."""
+
+
+def unknown_keys(model: pydantic.BaseModel, prefix: str = "") -> list[str]:
+    """List the keys of the configuration that no setting reads (typos, mostly)."""
+    found = [
+        f"{prefix}{key}"
+        for key in (model.model_extra or {})
+        if f"{prefix}{key}" not in REFERENCE_ONLY_KEYS
+    ]
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, pydantic.BaseModel) and name not in ADAPTER_SECTIONS:
+            found += unknown_keys(value, f"{prefix}{name}.")
+    return found
