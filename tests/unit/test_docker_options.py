@@ -22,9 +22,10 @@ from xtm_composer.orchestrators.base import (
     RegistryAuthError,
     WorkloadStatus,
 )
+from xtm_composer.orchestrators.docker import DockerOrchestrator
 from xtm_composer.orchestrators.docker_engine import mask_values
 from xtm_composer.registry import ResolvedImage
-from xtm_composer.settings import DockerSettings, RegistrySettings
+from xtm_composer.settings import ConfigurationError, DockerSettings, RegistrySettings
 
 API_VERSION = "1.41"
 NOW = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
@@ -386,3 +387,13 @@ def test_mask_values() -> None:
     text = "invalid value token-1234 for key abc"
 
     assert mask_values(text, ("token-1234", "abc")) == "invalid value *** for key abc"
+
+
+def test_malformed_docker_host_is_configuration_error() -> None:
+    """A Docker Engine address that cannot parse stops the start instead of retrying."""
+    orchestrator = DockerOrchestrator(
+        DockerSettings(), None, "manager-1", "opencti", "garbage"
+    )
+
+    with pytest.raises(ConfigurationError, match="DOCKER_HOST"):
+        orchestrator.prepare()

@@ -19,6 +19,7 @@ import docker.errors
 import requests
 
 from xtm_composer.orchestrators.base import EngineUnavailableError, OrchestratorError
+from xtm_composer.settings import ConfigurationError
 
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 """The docker SDK's address when neither `docker_host` nor DOCKER_HOST is set."""
@@ -86,6 +87,14 @@ class EngineConnection:
                 return docker.from_env(version="auto")
             return docker.DockerClient(base_url=self.docker_host, version="auto")
         except docker.errors.DockerException as error:
+            if "Invalid bind address" in str(error):
+                # A malformed address never heals: stop the start instead of
+                # retrying it forever.
+                raise ConfigurationError(
+                    f"the Docker Engine address {self.address!r} is invalid "
+                    f"({error}); set DOCKER_HOST to unix:///path/to/docker.sock "
+                    "or tcp://host:port"
+                ) from None
             raise EngineUnavailableError(self.unreachable_message(error)) from error
 
 
