@@ -150,7 +150,7 @@ def test_request_status_checked(admin: SandboxAdmin) -> None:
 def test_wrong_token(server: SandboxServer) -> None:
     with (
         SandboxAdmin(server.url, "wrong") as client,
-        pytest.raises(SandboxAdminError, match="authentication required"),
+        pytest.raises(SandboxAdminError, match="invalid token"),
     ):
         client.version()
 

@@ -205,11 +205,11 @@ class SandboxApp:
             path=request.url.path,
             rejected_requests=self._rejected_requests,
         )
-        response = error_response(
-            401,
-            "authentication required: send Authorization: Bearer <sandbox token>",
-            "UNAUTHENTICATED",
-        )
+        if request.headers.get("authorization"):
+            message = "invalid token: send the sandbox token as Authorization: Bearer"
+        else:
+            message = "authentication required: send Authorization: Bearer <token>"
+        response = error_response(401, message, "UNAUTHENTICATED")
         response.headers["WWW-Authenticate"] = "Bearer"
         return response
 
