@@ -11,9 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from tests import conftest
+from tests.support.polling import poll_until
 
 T = TypeVar("T")
 
@@ -90,7 +90,7 @@ def kube_namespace(kube_admin: client.ApiClient) -> Iterator[str]:
     try:
         # The apiserver rejects pods until the default service account exists
         # with its token, which the controllers add within about a second.
-        wait_for(
+        poll_until(
             lambda: account_token_names(core, name, "default"),
             bool,
             timeout=TOKEN_TIMEOUT,
@@ -98,23 +98,6 @@ def kube_namespace(kube_admin: client.ApiClient) -> Iterator[str]:
         yield name
     finally:
         core.delete_namespace(name, body={"propagationPolicy": "Background"})
-
-
-def wait_for(
-    produce: Callable[[], T],
-    accept: Callable[[T], bool],
-    timeout: float = 30,
-    interval: float = 0.5,
-) -> T:
-    """Call `produce` until `accept` is true for its result, else fail the test."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = produce()
-        if accept(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s, last value: {value!r}")
-        time.sleep(interval)
 
 
 def account_token_names(
@@ -142,7 +125,7 @@ def service_account_kubeconfig(
     token controller. The kubeconfig uses that token and the admin's CA.
     """
     core = client.CoreV1Api(api_client)
-    tokens = wait_for(
+    tokens = poll_until(
         lambda: account_token_names(core, namespace, service_account),
         bool,
         timeout=TOKEN_TIMEOUT,

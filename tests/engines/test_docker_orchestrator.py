@@ -7,7 +7,6 @@ carries it, so tests neither see nor leave each other's containers.
 from __future__ import annotations
 
 import socket
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from pydantic import SecretStr
 from tests import conftest
 from tests.support import log_image as log_images
 from tests.support.docker_proxy import DockerProxy
+from tests.support.polling import poll_until
 from xtm_composer.orchestrators.base import (
     CONNECTOR_ID_LABEL,
     CONTRACT_HASH_KEY,
@@ -52,23 +52,6 @@ OWNER_LABEL = "xtm-composer-test-owner"
 HOST_NETWORK = DockerSettings(network_mode="host")
 
 T = TypeVar("T")
-
-
-def wait_for(
-    produce: Callable[[], T],
-    accept: Callable[[T], bool],
-    timeout: float = 20,
-    interval: float = 0.25,
-) -> T:
-    """Call `produce` until `accept` is true for its result, else fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = produce()
-        if accept(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s, last value: {value!r}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +189,7 @@ def test_deploy_with_registry_credentials(
     pulls = proxy.requests_to("/images/create")
     assert len(pulls) == 1
     assert pulls[0].has_registry_auth
-    lines = wait_for(
+    lines = poll_until(
         lambda: orchestrator.logs(workload, 10),
         lambda lines: any("connector started" in line for line in lines),
     )
@@ -495,11 +478,11 @@ def test_crashing_connector_is_in_reboot_loop(
     spec = make_spec(CRASH_IMAGE)
     orchestrator.deploy(spec)
 
-    first = wait_for(
+    first = poll_until(
         lambda: find_workload(orchestrator, spec.connector_id),
         lambda workload: workload.restart_count >= 2,
     )
-    later = wait_for(
+    later = poll_until(
         lambda: find_workload(orchestrator, spec.connector_id),
         lambda workload: workload.restart_count > first.restart_count,
     )
@@ -517,7 +500,7 @@ def test_logs_tail_honours_max_lines(
     """The log tail returns the latest lines, at most `max_lines` of them."""
     orchestrator = make_orchestrator()
     workload = orchestrator.deploy(make_spec())
-    wait_for(lambda: orchestrator.logs(workload, 10), lambda lines: len(lines) >= 3)
+    poll_until(lambda: orchestrator.logs(workload, 10), lambda lines: len(lines) >= 3)
     # A stopped container writes no more lines between two reads.
     orchestrator.stop(workload)
 
@@ -541,7 +524,7 @@ def test_logs_keep_long_line_whole(
     orchestrator = make_orchestrator()
     workload = orchestrator.deploy(make_spec(log_image))
 
-    wait_for(
+    poll_until(
         lambda: log_images.summarize(orchestrator.logs(workload, 100)),
         lambda summary: log_images.LAST_LINE in summary,
     )

@@ -19,7 +19,8 @@ import pytest
 from kubernetes import client
 
 from tests import conftest
-from tests.engines.conftest import KubernetesTestbed, wait_for
+from tests.engines.conftest import KubernetesTestbed
+from tests.support.polling import poll_until
 from xtm_composer import logs
 from xtm_composer.orchestrators.base import (
     CONNECTOR_ID_LABEL,
@@ -145,7 +146,7 @@ def wait_workload(
     accept: Callable[[Workload], bool],
     timeout: float = PULL_TIMEOUT,
 ) -> Workload:
-    workload = wait_for(
+    workload = poll_until(
         lambda: find(orchestrator, connector_id),
         lambda found: found is not None and accept(found),
         timeout=timeout,
@@ -218,7 +219,7 @@ def test_private_image_pulled_with_secret(
         for message in pod_events(kube_admin, kube_namespace, "Pulled")
     )
     assert workload.problem is None
-    lines = wait_for(lambda: orchestrator.logs(workload, 10), bool)
+    lines = poll_until(lambda: orchestrator.logs(workload, 10), bool)
     assert "connector started, CONNECTOR_NAME=Test connector" in lines[0]
 
 
@@ -458,7 +459,7 @@ def test_stop_start_redeploy_remove(
         spec.connector_id,
         lambda found: is_started(found) and found.contract_hash == "hash-2",
     )
-    lines = wait_for(
+    lines = poll_until(
         lambda: orchestrator.logs(workload, 5),
         lambda found: any("CONNECTOR_NAME=Second contract" in line for line in found),
     )

@@ -21,7 +21,6 @@ from tests import conftest
 from tests.engines.conftest import (
     KubernetesTestbed,
     service_account_kubeconfig,
-    wait_for,
 )
 from tests.engines.test_kubernetes_orchestrator import (
     PLATFORM,
@@ -32,6 +31,7 @@ from tests.engines.test_kubernetes_orchestrator import (
     open_image,
     wait_workload,
 )
+from tests.support.polling import poll_until
 from xtm_composer import logs
 from xtm_composer.orchestrators.base import EngineUnavailableError
 from xtm_composer.orchestrators.kubernetes import KubernetesOrchestrator
@@ -119,7 +119,7 @@ def test_shipped_role_is_enough(
 
         orchestrator.deploy(spec)
         workload = wait_workload(orchestrator, spec.connector_id, is_started)
-        lines = wait_for(lambda: orchestrator.logs(workload, 5), bool)
+        lines = poll_until(lambda: orchestrator.logs(workload, 5), bool)
         orchestrator.stop(workload)
         stopped = find(orchestrator, spec.connector_id)
         orchestrator.remove(workload)

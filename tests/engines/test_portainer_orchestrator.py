@@ -8,7 +8,6 @@ container that carries it.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -20,6 +19,7 @@ from pydantic import SecretStr
 
 from tests import conftest
 from tests.support import log_image as log_images
+from tests.support.polling import poll_until
 from tests.support.portainer_standin import PortainerStandin
 from xtm_composer.orchestrators.base import (
     CA_BUNDLE_PATH,
@@ -51,23 +51,6 @@ LOCAL_IMAGE = "xtm-testbed/pause:latest"
 LOG_IMAGE_REPOSITORY = "xtm-test/portainer-interleaved-logs"
 
 T = TypeVar("T")
-
-
-def wait_for(
-    produce: Callable[[], T],
-    accept: Callable[[T], bool],
-    timeout: float = 20,
-    interval: float = 0.25,
-) -> T:
-    """Call `produce` until `accept` is true for its result, else fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = produce()
-        if accept(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s, last value: {value!r}")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +202,7 @@ def test_deploy_with_registry_credentials(
     assert "hash-1" == labels[CONTRACT_HASH_KEY]
     assert "host" == container.attrs["HostConfig"]["NetworkMode"]
     assert "unless-stopped" == container.attrs["HostConfig"]["RestartPolicy"]["Name"]
-    lines = wait_for(
+    lines = poll_until(
         lambda: orchestrator.logs(workload, 10),
         lambda lines: any("connector started" in line for line in lines),
     )
@@ -299,7 +282,7 @@ def test_logs_demultiplexed(
     orchestrator = make_orchestrator()
     workload = orchestrator.deploy(make_spec(log_image))
 
-    wait_for(
+    poll_until(
         lambda: log_images.summarize(orchestrator.logs(workload, 100)),
         lambda summary: log_images.LAST_LINE in summary,
     )

@@ -7,7 +7,6 @@ Services use the host network, the only one the testbed engine can give them.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -19,6 +18,7 @@ from pydantic import SecretStr
 
 from tests import conftest
 from tests.support.docker_proxy import DockerProxy
+from tests.support.polling import poll_until
 from xtm_composer.orchestrators import swarm_api
 from xtm_composer.orchestrators.base import (
     CA_BUNDLE_PATH,
@@ -53,23 +53,6 @@ HOST_NETWORK = SwarmSettings(network="host", restart_delay=0.2)
 T = TypeVar("T")
 
 
-def wait_for(
-    produce: Callable[[], T],
-    accept: Callable[[T], bool],
-    timeout: float = 30,
-    interval: float = 0.25,
-) -> T:
-    """Call `produce` until `accept` is true for its result, else fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = produce()
-        if accept(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout} s, last value: {value!r}")
-        time.sleep(interval)
-
-
 @pytest.fixture(scope="module")
 def engine(testbed: conftest.Testbed) -> Iterator[docker.DockerClient]:
     """A plain docker SDK client of the swarm manager, to check and clean up."""
@@ -93,7 +76,7 @@ def manager_id(engine: docker.DockerClient) -> Iterator[str]:
         service.remove()
     for config in engine.configs.list(filters={"label": label}):
         # A task that is still shutting down can hold the config a little longer.
-        wait_for(lambda config=config: remove_config(config), bool, timeout=20)
+        poll_until(lambda config=config: remove_config(config), bool, timeout=20)
 
 
 def remove_config(config: Any) -> bool:
@@ -189,7 +172,7 @@ def find_workload(orchestrator: SwarmOrchestrator, connector_id: str) -> Workloa
 def wait_for_status(
     orchestrator: SwarmOrchestrator, connector_id: str, status: WorkloadStatus
 ) -> Workload:
-    return wait_for(
+    return poll_until(
         lambda: find_workload(orchestrator, connector_id),
         lambda workload: workload.status == status,
     )
@@ -197,7 +180,7 @@ def wait_for_status(
 
 def task_container(engine: docker.DockerClient, service_name: str) -> Any:
     """Return the running container of a service's task on the testbed node."""
-    containers = wait_for(
+    containers = poll_until(
         lambda: engine.containers.list(
             filters={"label": f"{SERVICE_NAME_LABEL}={service_name}"}
         ),
@@ -235,7 +218,7 @@ def test_deploy_with_registry_credentials(
     container_spec = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
     assert "hash-1" == container_spec["Labels"][CONTRACT_HASH_KEY]
     assert container_spec["Image"].startswith(f"{spec.image.reference}@sha256:")
-    lines = wait_for(
+    lines = poll_until(
         lambda: orchestrator.logs(workload, 10),
         lambda lines: any("connector started" in line for line in lines),
     )
@@ -328,7 +311,7 @@ def test_start_stop_remove(
     assert WorkloadStatus.STOPPED == stopped.status
     assert stopped.started_at is None
     # Scaling to 0 sends SIGTERM to the task, which logs that it stops.
-    lines = wait_for(
+    lines = poll_until(
         lambda: orchestrator.logs(workload, 100),
         lambda lines: any("connector stopping on SIGTERM" in line for line in lines),
     )
@@ -362,7 +345,7 @@ def test_redeploy_changes_environment(
 
     assert "hash-2" == redeployed.contract_hash
     assert service_id == engine.services.get(second.name).id
-    container = wait_for(
+    container = poll_until(
         lambda: task_container(engine, second.name),
         lambda found: "LEVEL=two" in found.attrs["Config"]["Env"],
     )
@@ -450,7 +433,7 @@ def test_ca_bundle_readable_and_replaced(
         connector_id=connector_id, ca_bundle=second_bundle, contract_hash="hash-2"
     )
     redeployed = orchestrator.redeploy(second, current)
-    container = wait_for(
+    container = poll_until(
         lambda: task_container(engine, second.name),
         lambda found: read_file(found, CA_BUNDLE_PATH) == second_bundle,
     )
@@ -522,7 +505,7 @@ def test_task_error_reaches_problem(
         networks=["host"],
     )
 
-    workload = wait_for(
+    workload = poll_until(
         lambda: find_workload(orchestrator, connector_id),
         lambda found: found.problem is not None,
     )
@@ -541,11 +524,11 @@ def test_crashing_connector_is_in_reboot_loop(
     spec = make_spec(CRASH_IMAGE)
     orchestrator.deploy(spec)
 
-    first = wait_for(
+    first = poll_until(
         lambda: find_workload(orchestrator, spec.connector_id),
         lambda workload: workload.restart_count >= 2,
     )
-    later = wait_for(
+    later = poll_until(
         lambda: find_workload(orchestrator, spec.connector_id),
         lambda workload: workload.restart_count > first.restart_count,
     )
