@@ -94,6 +94,14 @@ def check_host_port(host: str, context: str) -> None:
 def normalize_server(server: str) -> str:
     """Turn `https://Registry.example.com/team/` into `registry.example.com/team`."""
     text = server.strip()
+    # Credentials first: every later message repeats the server as written.
+    authority = text.split("://", 1)[-1].split("/", 1)[0]
+    if "@" in authority:
+        raise ImageReferenceError(
+            "the registry server must not contain credentials; set "
+            "daemon.registry.username and daemon.registry.password instead"
+        )
+
     if "://" in text:
         parts = urlsplit(text)
         if parts.scheme not in ("http", "https"):
@@ -106,16 +114,13 @@ def normalize_server(server: str) -> str:
                 f"registry server {server!r} must not have a query or fragment"
             )
         text = parts.netloc + parts.path
+
     text = text.strip("/")
     if not text:
         raise ImageReferenceError("the registry server is empty")
     host, _, path = text.partition("/")
-    if "@" in host:
-        raise ImageReferenceError(
-            "the registry server must not contain credentials; set "
-            "daemon.registry.username and daemon.registry.password instead"
-        )
     check_host_port(host, f"registry server {server!r}")
+
     host = host.lower()
     if host in DOCKER_HUB_ALIASES and path == DOCKER_HUB_LEGACY_PATH:
         path = ""

@@ -331,9 +331,18 @@ def test_invalid_server_rejected(server: str) -> None:
         registry.normalize_server(server)
 
 
-def test_server_credentials_not_echoed() -> None:
+@pytest.mark.parametrize(
+    "server",
+    [
+        "https://user:s3cret-pw@registry.example.com",
+        "ftp://user:s3cret-pw@registry.example.com",
+        "https://user:s3cret-pw@registry.example.com/?x=1",
+        "user:s3cret-pw@registry.example.com:99999",
+    ],
+)
+def test_server_credentials_not_echoed(server: str) -> None:
     """A server written with credentials is rejected without repeating them."""
     with pytest.raises(registry.ImageReferenceError) as caught:
-        registry.normalize_server("https://user:s3cret-pw@registry.example.com")
+        registry.normalize_server(server)
 
     assert "s3cret-pw" not in str(caught.value)
