@@ -1,11 +1,11 @@
 """Measure reconciliation on the real testbed dockerd with many connectors.
 
 For each concurrency bound given, the script creates N started connectors in an
-in-process platform stand-in (served over HTTP on loopback), runs the real
+in-process platform stand-in, served over HTTP on loopback. It runs the real
 reconciler with the Docker orchestrator until every connector is reported
-started, then times steady-state cycles (nothing to change: one connector
-listing, one workload listing, per-connector reports). It prints a Markdown
-table row per run and removes its containers.
+started. Then it times steady-state cycles, which have nothing to change: one
+connector listing, one workload listing and the per-connector reports. It
+prints a Markdown table row per run and removes its containers.
 
     python benchmarks/reconcile_docker.py --connectors 40 --concurrency 1 4
 

@@ -6,7 +6,7 @@ key. After base64 decoding, a value is laid out as:
     version (1 byte) | RSA block (512 bytes) | AES-256-GCM ciphertext | GCM tag (16)
 
 Version 1 wraps the key with RSA PKCS#1 v1.5 padding, version 2 with RSA-OAEP
-(SHA-256, MGF1-SHA-256, no label). The RSA block holds the 32-byte AES key
+(SHA-256, MGF1-SHA-256, no label). The RSA block contains the 32-byte AES key
 followed by the 12-byte GCM nonce. The block size fixes the key size at 4096 bits.
 """
 
@@ -38,7 +38,7 @@ class ManagerKeyError(Exception):
 
 
 class DecryptionError(Exception):
-    """An encrypted value cannot be decrypted. The message never holds the value."""
+    """An encrypted value cannot be decrypted. The message never contains the value."""
 
 
 def load_manager_key(key_pem: str | None, key_path: Path | None) -> rsa.RSAPrivateKey:
@@ -107,7 +107,7 @@ def decrypt_value(key: rsa.RSAPrivateKey, encoded: str) -> str:
     key_and_nonce = unwrap_key(key, version, rsa_block)
     if len(key_and_nonce) != AES_KEY_BYTES + GCM_NONCE_BYTES:
         raise DecryptionError(
-            f"the RSA block holds {len(key_and_nonce)} bytes instead of "
+            f"the RSA block contains {len(key_and_nonce)} bytes instead of "
             f"{AES_KEY_BYTES + GCM_NONCE_BYTES} (AES key and nonce)"
         )
 

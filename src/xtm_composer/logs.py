@@ -1,7 +1,7 @@
 """Logging setup: structlog, JSON lines or `LEVEL key="value" message` text.
 
 Secrets are kept out of logs in two ways. Settings hold them in `SecretStr`,
-whose str and repr are masked. On top of that, every secret the agent holds
+whose str and repr are masked. On top of that, every secret the agent has
 (platform token, registry password, proxy credentials, decrypted contract
 values) is registered here, and a processor replaces any occurrence of one in
 any field of any event, so a secret echoed back by an engine error is masked too.

@@ -184,7 +184,7 @@ def test_wrong_registry_password_on_kubernetes(
     deployment.secrets.append(wrong)
     agent = deployment.start_agent(
         OPENCTI__DAEMON__REGISTRY__PASSWORD=wrong,
-        # With IfNotPresent, a node that already holds the image runs it without
+        # With IfNotPresent, a node that already has the image runs it without
         # asking the registry, so wrong credentials would go unnoticed.
         OPENCTI__DAEMON__KUBERNETES__IMAGE_PULL_POLICY="Always",
         **kubernetes_overrides(kubernetes_testbed, kube_namespace),

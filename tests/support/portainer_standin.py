@@ -11,7 +11,7 @@ check which requests carried `X-Registry-Auth`.
 
 With `tls=True` it serves HTTPS with a self-signed certificate for 127.0.0.1,
 written to `certificate_path`, so a test can check that the client verifies
-the certificate unless told not to.
+the certificate unless configured not to.
 """
 
 from __future__ import annotations

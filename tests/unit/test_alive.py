@@ -13,7 +13,7 @@ from xtm_composer.platform.errors import PlatformAuthError, PlatformUnavailableE
 
 
 class ScriptedApi:
-    """Answers from a script of platform versions; None means unreachable."""
+    """Returns platform versions from a script; None means unreachable."""
 
     def __init__(self, versions: list[str | None]) -> None:
         self.versions = versions

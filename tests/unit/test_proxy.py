@@ -95,7 +95,7 @@ def test_credentials_registered_as_secrets() -> None:
 
 
 def test_ca_entries_from_file_and_inline(tmp_path: Path) -> None:
-    """CA entries may be file paths or inline PEM; the bundle holds both."""
+    """CA entries may be file paths or inline PEM; the bundle contains both."""
     first, second = certificate_pem("first"), certificate_pem("second")
     path = tmp_path / "ca.pem"
     path.write_text(first)

@@ -109,7 +109,7 @@ def test_invalid_value_names_key_value_and_fix(tmp_path: Path) -> None:
 
 
 def test_missing_manager_id_reported(tmp_path: Path) -> None:
-    """A missing manager id says how to set it."""
+    """A missing manager id is reported with how to set it."""
     with pytest.raises(
         ConfigurationError, match=r"manager\.id is missing.*MANAGER__ID"
     ):

@@ -1,4 +1,4 @@
-"""What the reconciler needs from an orchestrator, and nothing more.
+"""The orchestrator interface: what the reconciler uses, and nothing more.
 
 Adapters (Docker, Kubernetes, Swarm, Portainer) implement `Orchestrator`. Their
 methods block, so the reconciler runs them in worker threads. They raise
@@ -38,7 +38,7 @@ class Workload:
     started_at: datetime | None = None
     in_reboot_loop: bool = False
     problem: str | None = None
-    """Why the workload cannot run (for example an image pull error), if known."""
+    """Reason the workload cannot run (for example an image pull error), if known."""
     labels: dict[str, str] = field(default_factory=dict, compare=False)
 
 
@@ -71,7 +71,7 @@ class RegistryAuthError(ImagePullError):
 
 
 class EngineUnavailableError(OrchestratorError):
-    """The engine did not answer; nothing can be concluded about workloads."""
+    """The engine did not respond, so nothing can be concluded about workloads."""
 
 
 @runtime_checkable
@@ -87,7 +87,7 @@ class Orchestrator(Protocol):
         """List the workloads labelled with this manager and platform."""
 
     def deploy(self, spec: WorkloadSpec) -> Workload:
-        """Create the workload, running or not as `spec.running` says."""
+        """Create the workload, running or not as `spec.running` requests."""
 
     def redeploy(self, spec: WorkloadSpec, current: Workload) -> Workload:
         """Replace `current` with a workload built from `spec`."""

@@ -92,7 +92,7 @@ def in_reboot_loop(
 def describe_problem(
     state: dict[str, Any], restart_count: int, in_loop: bool
 ) -> str | None:
-    """Return why the container does not run as it should, if the engine tells."""
+    """Return why the container does not run as it should, if the engine reports it."""
     if state.get("OOMKilled"):
         return "the container was killed because it ran out of memory"
     error = str(state.get("Error") or "").strip()

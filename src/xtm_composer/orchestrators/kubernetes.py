@@ -137,7 +137,7 @@ class KubernetesOrchestrator:
         )
         names = list(self.settings.pull_secret_names)
         # NOTE: a Secret that could not be written for lack of permission is not
-        # tried again until the agent restarts; the error log says what to grant.
+        # tried again until the agent restarts; the error log names what to grant.
         with self._api_errors("write the imagePullSecret", unavailable=True):
             if self.registry is not None and self.registry.has_credentials:
                 if secrets.replace(self.registry):

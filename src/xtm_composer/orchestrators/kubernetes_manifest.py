@@ -100,7 +100,7 @@ def generated_layer(
 ) -> dict[str, Any]:
     annotations = {CONTRACT_HASH_KEY: spec.contract_hash}
     # NOTE: env values, decrypted sensitive ones included, are stored in the pod
-    # template, so whoever may read Deployments in the namespace can read them.
+    # template, so anyone allowed to read Deployments in the namespace can read them.
     # A per-connector Secret with `envFrom` would avoid it, at the cost of more
     # Secret rights for the agent.
     container: dict[str, Any] = {

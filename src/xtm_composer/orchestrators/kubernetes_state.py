@@ -13,7 +13,7 @@ least one restart, or it runs after a restart and its run began less than
 `REBOOT_LOOP_WINDOW` ago. The kubelet doubles its back-off from 10 s up to
 5 minutes, so a crashing connector is seen in one of these states almost always.
 
-The kubelet writes the registry's answer into `state.waiting.message` only while
+The kubelet writes the registry's error message into `state.waiting.message` only while
 the reason is `ErrImagePull`. During the longer `ImagePullBackOff` phases the
 message is just `Back-off pulling image "<image>"` (kubelet 1.20), so the
 orchestrator looks up the pod's latest `Failed to pull image` event and passes

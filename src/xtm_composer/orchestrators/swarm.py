@@ -15,7 +15,7 @@ create or update (`swarm_api`), so that any node can pull.
 A redeploy updates the service in place. Swarm replaces its task (stop first,
 then start, by default), and a failed digest lookup leaves the running service
 as it is. Updates carry the service's current version; when the service
-changed in between, Swarm answers "update out of sequence", and the update is
+changed in between, Swarm rejects it with "update out of sequence", and the update is
 read again and retried once.
 
 The proxy CA bundle, when there is one, is a Swarm config named after the

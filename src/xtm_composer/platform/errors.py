@@ -10,7 +10,7 @@ class PlatformError(Exception):
 
 
 class PlatformUnavailableError(PlatformError):
-    """The platform could not be reached, timed out or answered 5xx: retry later."""
+    """The platform could not be reached, timed out or responded 5xx: retry later."""
 
 
 class PlatformAuthError(PlatformError):
@@ -18,7 +18,7 @@ class PlatformAuthError(PlatformError):
 
 
 class PlatformResponseError(PlatformError):
-    """The platform answered with GraphQL errors or a body that is not GraphQL."""
+    """The platform responded with GraphQL errors or a body that is not GraphQL."""
 
 
 def shorten(text: str) -> str:

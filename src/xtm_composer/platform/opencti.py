@@ -129,24 +129,28 @@ def read_response(endpoint: str, response: httpx.Response) -> dict[str, Any]:
         )
     if response.status_code >= 500:
         raise PlatformUnavailableError(
-            f"{endpoint} answered HTTP {response.status_code}: {shorten(response.text)}"
+            f"{endpoint} responded HTTP {response.status_code}: "
+            f"{shorten(response.text)}"
         )
     try:
         body = response.json()
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise PlatformResponseError(
-            f"{endpoint} answered HTTP {response.status_code} with a body that is not "
+            f"{endpoint} responded HTTP {response.status_code} with a body that is not "
             f"JSON: {shorten(response.text)}"
         ) from None
     if not isinstance(body, dict):
-        raise PlatformResponseError(f"{endpoint} answered JSON that is not an object")
+        raise PlatformResponseError(
+            f"{endpoint} responded with JSON that is not an object"
+        )
     errors = body.get("errors")
     if errors:
         messages = "; ".join(str(error.get("message", error)) for error in errors)
         raise classify_graphql_error(endpoint, messages)
     if response.status_code >= 400:
         raise PlatformResponseError(
-            f"{endpoint} answered HTTP {response.status_code}: {shorten(response.text)}"
+            f"{endpoint} responded HTTP {response.status_code}: "
+            f"{shorten(response.text)}"
         )
     data = body.get("data")
     return data if isinstance(data, dict) else {}
@@ -155,7 +159,9 @@ def read_response(endpoint: str, response: httpx.Response) -> dict[str, Any]:
 def classify_graphql_error(endpoint: str, messages: str) -> PlatformError:
     lowered = messages.lower()
     if "authentication" in lowered or "forbidden" in lowered:
-        return PlatformAuthError(f"{endpoint} refused the request: {shorten(messages)}")
+        return PlatformAuthError(
+            f"{endpoint} rejected the request: {shorten(messages)}"
+        )
     return PlatformResponseError(f"{endpoint} returned errors: {shorten(messages)}")
 
 

@@ -35,7 +35,7 @@ def build_client(
 def tls_verification(
     settings: PlatformSettings, proxy: ProxyConfig, through_proxy: bool
 ) -> ssl.SSLContext | bool:
-    """Verify with the system roots plus the proxy CA bundle, unless told not to."""
+    """Verify with the system roots plus the proxy CA bundle, unless disabled."""
     if settings.unsecured_certificate:
         return False
     if through_proxy and not proxy.reject_unauthorized:

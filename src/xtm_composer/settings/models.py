@@ -74,7 +74,7 @@ class ManagerSettings(Section):
         Path | None, BeforeValidator(lambda value: value or None)
     ] = None
     max_concurrent_operations: int = Field(default=4, ge=1, le=64)
-    """Connectors worked on at the same time; a slow pull holds one slot only."""
+    """Connectors worked on at the same time; a slow pull takes one slot only."""
     shutdown_timeout: float = Field(default=30, gt=0)
     """Seconds to let in-flight operations finish after SIGTERM or SIGINT."""
     logger: LoggerSettings = LoggerSettings()
